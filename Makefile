@@ -13,6 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 export DO_NOT_TRACK ?= 1
 export BENTOML_DO_NOT_TRACK ?= True
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 .PHONY: install demo test test-fast test-slow lint bench lock clean help
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -75,8 +76,11 @@ class Settings(BaseSettings):
     text_column: str = Field("text", description="Input column holding the text.")
     label_column: str = Field("label", description="Input column holding the label.")
     max_text_chars: int = Field(2000, ge=1, description="Longest text accepted, after normalising.")
+    # Letters, digits and _ . : / ? - or space, starting with a letter or digit, at most 64 chars.
+    # Wide enough for real label sets (BANKING77 has "reverted_card_payment?"); MLflow metric names
+    # built from labels are sanitised where they are logged.
     label_pattern: str = Field(
-        r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$", description="Regular expression a label must match."
+        r"^[A-Za-z0-9][A-Za-z0-9_.:/?\- ]{0,63}$", description="Regular expression a label must match."
     )
     eval_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each label held out for eval.")
     golden_per_label: int = Field(
@@ -93,7 +97,7 @@ class Settings(BaseSettings):
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
     lora_dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout.")
-    lora_target_modules: list[str] = Field(
+    lora_target_modules: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["query", "value"], description="Modules LoRA adapts."
     )
     learning_rate: float = Field(2e-3, gt=0, description="LoRA learning rate.")
@@ -164,8 +168,13 @@ class Settings(BaseSettings):
         return self.registry_uri or self.resolved_tracking_uri
 
     @property
-    def resolved_artifact_root(self) -> str:
-        return self.artifact_root or (self.home_dir / "mlartifacts").as_uri()
+    def resolved_artifact_root(self) -> str | None:
+        """Artifact root for new experiments; None lets an MLflow server choose (it proxies them)."""
+        if self.artifact_root:
+            return self.artifact_root
+        if self.resolved_tracking_uri.startswith(("http://", "https://")):
+            return None
+        return (self.home_dir / "mlartifacts").as_uri()
 
     def describe(self) -> dict[str, Any]:
         """Plain-data view for `tuneloop status --json` and logs."""

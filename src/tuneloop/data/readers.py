@@ -114,17 +114,29 @@ def _read_csv(path: Path, text_col: str, label_col: str, out: FileRead) -> None:
     if problem:
         out.error, out.detail = "wrong_columns", problem
         return
+    # The csv module refuses fields over 131,072 characters by default, which would turn one
+    # over-long row into an unreadable file; no field can be longer than the whole file.
+    if csv.field_size_limit() < len(content):
+        csv.field_size_limit(len(content))
     t_i, l_i = header.index(text_col), header.index(label_col)
     source = str(path)
+    ended = reader.line_num
     try:
         for row in reader:
+            # A quoted field may span lines; report the line the row starts on, as an editor shows it.
+            line, ended = ended + 1, reader.line_num
             if not any(cell.strip() for cell in row):
                 continue  # a blank line is not a row
-            line = reader.line_num
             if len(row) != len(header):
+                # The raw row goes in the text column of the report, so a person sees what arrived.
+                shown = ",".join(row).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
                 out.records.append(
                     RawRecord(
-                        source, line, None, None, "malformed_row",
+                        source,
+                        line,
+                        shown[:200],
+                        None,
+                        "malformed_row",
                         f"{len(row)} fields where the header has {len(header)}",
                     )
                 )
@@ -142,7 +154,8 @@ def _read_jsonl(path: Path, text_col: str, label_col: str, out: FileRead) -> Non
             if not raw_line.strip():
                 continue
             try:
-                line = raw_line.decode("utf-8")
+                # utf-8-sig on the first line: editors on Windows start files with a byte-order mark.
+                line = raw_line.decode("utf-8-sig" if line_no == 1 else "utf-8")
             except UnicodeDecodeError:
                 shown = raw_line.decode("utf-8", "replace").strip()
                 out.records.append(
@@ -152,7 +165,9 @@ def _read_jsonl(path: Path, text_col: str, label_col: str, out: FileRead) -> Non
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                out.records.append(RawRecord(source, line_no, line.strip()[:200], None, "invalid_json", str(exc)))
+                out.records.append(
+                    RawRecord(source, line_no, line.strip()[:200], None, "invalid_json", str(exc))
+                )
                 continue
             if not isinstance(obj, dict):
                 out.records.append(
@@ -161,7 +176,9 @@ def _read_jsonl(path: Path, text_col: str, label_col: str, out: FileRead) -> Non
                 continue
             out.records.append(_record(source, line_no, obj.get(text_col), obj.get(label_col)))
     # A JSONL file where no object carries the mapped columns is a mapping mistake, not bad rows.
-    if out.records and not any(r.text is not None or r.label is not None for r in out.records if not r.problem):
+    # A file with no parsable object at all is bad rows (invalid_json), not a mapping mistake.
+    parsed = [r for r in out.records if not r.problem]
+    if parsed and not any(r.text is not None or r.label is not None for r in parsed):
         keys: set[str] = set()
         with path.open("rb") as handle:
             for raw_line in handle:
@@ -192,7 +209,9 @@ def _read_parquet(path: Path, text_col: str, label_col: str, out: FileRead) -> N
     labels = table.column(label_col).to_pylist()
     source = str(path)
     # Parquet has no text lines; "line" is the 1-based row number.
-    out.records.extend(_record(source, i + 1, t, lab) for i, (t, lab) in enumerate(zip(texts, labels, strict=True)))
+    out.records.extend(
+        _record(source, i + 1, t, lab) for i, (t, lab) in enumerate(zip(texts, labels, strict=True))
+    )
 
 
 def read_file(path: Path, text_col: str, label_col: str) -> FileRead:
@@ -207,7 +226,10 @@ def read_file(path: Path, text_col: str, label_col: str) -> FileRead:
         elif kind == "parquet":
             _read_parquet(path, text_col, label_col, out)
         else:
-            out.error, out.detail = "unsupported_format", f"suffix {path.suffix!r} is not csv, jsonl or parquet"
+            out.error, out.detail = (
+                "unsupported_format",
+                f"suffix {path.suffix!r} is not csv, jsonl or parquet",
+            )
     except OSError as exc:
         out.error, out.detail = "unreadable", str(exc)
         out.records.clear()

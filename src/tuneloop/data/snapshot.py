@@ -65,9 +65,7 @@ def snapshot_ids(snapshots_dir: Path) -> list[str]:
     """Committed snapshot ids, oldest first (temporary folders are invisible)."""
     if not snapshots_dir.is_dir():
         return []
-    return sorted(
-        p.name for p in snapshots_dir.iterdir() if p.is_dir() and p.name.startswith("snap-")
-    )
+    return sorted(p.name for p in snapshots_dir.iterdir() if p.is_dir() and p.name.startswith("snap-"))
 
 
 def next_snapshot_id(snapshots_dir: Path) -> str:
@@ -146,13 +144,15 @@ def split_rows(
 
 
 def _frame(rows: list[CleanRow]) -> pd.DataFrame:
+    # Explicit dtypes: an empty split (a snapshot that froze no golden rows) would otherwise be
+    # written with float columns, and its schema would not match the other snapshots' files.
     return pd.DataFrame(
         {
-            "text": [r.text for r in rows],
-            "label": [r.label for r in rows],
-            "source": [r.source for r in rows],
+            "text": pd.array([r.text for r in rows], dtype="str"),
+            "label": pd.array([r.label for r in rows], dtype="str"),
+            "source": pd.array([r.source for r in rows], dtype="str"),
             "line": pd.array([r.line for r in rows], dtype="int64"),
-            "key": [r.key for r in rows],
+            "key": pd.array([r.key for r in rows], dtype="str"),
         },
         columns=COLUMNS,
     )

@@ -1,0 +1,1 @@
+"""Prefect flows: names, retries, schedules and wiring around `tuneloop.steps`; no logic."""

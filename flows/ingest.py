@@ -1,0 +1,32 @@
+"""Flow `ingest`: pick up new labelled files, validate, quarantine, de-duplicate, cut a snapshot.
+
+Safe to retry and to schedule often: ingest is idempotent (files are recognised by content hash)
+and a killed run leaves no partial snapshot.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from tuneloop.config import load_settings
+from tuneloop.steps.ingest import ingest_step
+
+
+@task(name="ingest-files", retries=2, retry_delay_seconds=10)
+def ingest_files(paths: list[str]) -> dict[str, Any]:
+    return ingest_step(load_settings(), [Path(p) for p in paths])
+
+
+@flow(name="ingest", log_prints=True)
+def ingest_flow(paths: list[str] | None = None) -> dict[str, Any]:
+    """Ingest the given files or folders, or the landing folder when none are given."""
+    result = ingest_files(paths or [])
+    get_run_logger().info(result["message"])
+    return result
+
+
+if __name__ == "__main__":
+    ingest_flow()

@@ -1,0 +1,191 @@
+"""`tuneloop`: every step of the loop from the shell, each command mirroring a Prefect flow.
+
+Settings come from `TUNELOOP_*` environment variables and an optional YAML config file (`--config`
+or `TUNELOOP_CONFIG`); see `tuneloop config`. Every command that reports takes `--json` and then
+prints exactly one JSON object on stdout (progress and messages go to stderr).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from tuneloop import cli_model
+from tuneloop.cli_common import JsonOpt, emit, err, out, run_guarded, settings_or_exit
+from tuneloop.config import dump_settings_yaml
+
+app = typer.Typer(
+    name="tuneloop",
+    help="Keep a fine-tuned text classifier current: ingest -> train -> evaluate -> register -> "
+    "convert -> serve -> roll out. State lives in TUNELOOP_HOME (default ./.tuneloop) and in the "
+    "MLflow registry; `tuneloop status` shows both.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def main(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", help="YAML config file (same keys as TUNELOOP_* variables, lower case)."
+        ),
+    ] = None,
+    home: Annotated[
+        Path | None, typer.Option("--home", help="Override TUNELOOP_HOME for this command.")
+    ] = None,
+) -> None:
+    """Global options apply to every command."""
+    if config is not None:
+        os.environ["TUNELOOP_CONFIG"] = str(config)
+    if home is not None:
+        os.environ["TUNELOOP_HOME"] = str(home)
+
+
+# --- ingest ----------------------------------------------------------------------------------
+@app.command()
+def ingest(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="CSV, JSONL or Parquet files or folders; default: the landing folder."),
+    ] = None,
+    text_column: Annotated[str | None, typer.Option(help="Column holding the text (default 'text').")] = None,
+    label_column: Annotated[
+        str | None, typer.Option(help="Column holding the label (default 'label'; BANKING77: 'category').")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate new labelled data, quarantine bad rows with a reason, drop duplicates, cut a snapshot.
+
+    Every row read is accepted, a duplicate, or quarantined (the summary shows the sum). Files already
+    ingested (same content hash) are skipped. The snapshot is immutable and logged to MLflow.
+    """
+    from rich.progress import Progress
+
+    from tuneloop.steps.ingest import ingest_step
+
+    settings = settings_or_exit(text_column=text_column, label_column=label_column)
+    with Progress(console=err, transient=True, disable=as_json) as progress:
+        task = progress.add_task("reading files", total=None)
+
+        def report(stage: str, done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total, description=f"{stage} {done}/{total}")
+
+        result = run_guarded(lambda: ingest_step(settings, list(paths or []), progress=report))
+    emit(result, as_json, _render_ingest)
+
+
+def _render_ingest(r: dict[str, Any]) -> None:
+    table = Table(title=f"ingest {r['batch']}", show_header=False)
+    for key in ("rows", "accepted", "duplicates", "quarantined"):
+        table.add_row(key, str(r[key]))
+    table.add_row("snapshot", r["snapshot"] or "-")
+    for reason, n in r["reasons"].items():
+        table.add_row(f"  quarantined: {reason}", str(n))
+    for fq in r["files_quarantined"]:
+        table.add_row("  file quarantined", f"{fq['path']} ({fq['reason']}: {fq['detail']})")
+    out.print(table)
+    out.print(r["message"])
+    if r.get("quarantine_report"):
+        out.print(f"quarantine report: {r['quarantine_report']}")
+
+
+# --- status ----------------------------------------------------------------------------------
+@app.command()
+def status(
+    as_json: JsonOpt = False,
+    registry: Annotated[bool, typer.Option(help="Also read the MLflow registry (slower).")] = True,
+) -> None:
+    """Show snapshots, rows per label, quarantine totals, and registered versions with aliases."""
+    from tuneloop.steps.status import status as status_step
+
+    settings = settings_or_exit()
+    result = run_guarded(lambda: status_step(settings, include_registry=registry))
+    emit(result, as_json, _render_status)
+
+
+def _render_status(r: dict[str, Any]) -> None:
+    data = r["data"]
+    snaps = Table(title=f"snapshots in {data['home']}")
+    for col in ("id", "parent", "created", "train", "eval", "golden", "labels", "hash"):
+        snaps.add_column(col)
+    for s in data["snapshots"]:
+        rows = s["rows"]
+        snaps.add_row(
+            s["id"],
+            s["parent"] or "-",
+            s["created_at"],
+            str(rows["train"]),
+            str(rows["eval"]),
+            str(rows["golden"]),
+            str(s["labels"]),
+            s["content_hash"],
+        )
+    out.print(snaps)
+    labels = Table(title="rows per label (all snapshots)")
+    for col in ("label", "train", "eval", "golden"):
+        labels.add_column(col)
+    for label, counts in data["labels"].items():
+        labels.add_row(label, *(str(counts.get(s, 0)) for s in ("train", "eval", "golden")))
+    out.print(labels)
+    q = data["quarantine"]
+    reasons = ", ".join(f"{k}={v}" for k, v in q["reasons"].items()) or "none"
+    out.print(f"quarantine: {q['rows']} rows ({reasons}); {q['files']} whole files; in {q['folder']}")
+    if "registry" in r:
+        reg = r["registry"]
+        versions = Table(title=f"registered model {reg['model']} ({r['tracking_uri']})")
+        for col in (
+            "version",
+            "aliases",
+            "approval",
+            "gate",
+            "snapshot",
+            "parent",
+            "macro-F1",
+            "golden F1",
+            "convert",
+        ):
+            versions.add_column(col)
+        for v in reg["versions"]:
+            versions.add_row(
+                v["version"],
+                ",".join(v["aliases"]) or "-",
+                v["approval"],
+                v["gate"],
+                v["data_snapshot"] or "-",
+                v["parent_version"] or "-",
+                _fmt(v["macro_f1"]),
+                _fmt(v["golden_macro_f1"]),
+                v["conversion"],
+            )
+        out.print(versions)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+# --- config ----------------------------------------------------------------------------------
+@app.command("config")
+def show_config(as_json: JsonOpt = False) -> None:
+    """Print the effective settings (as YAML, ready to save as a config file)."""
+    settings = settings_or_exit()
+    if as_json:
+        sys.stdout.write(json.dumps(settings.describe(), default=str) + "\n")
+    else:
+        out.print(dump_settings_yaml(settings), end="")
+
+
+for command in cli_model.COMMANDS:
+    app.command()(command)
+
+if __name__ == "__main__":
+    app()

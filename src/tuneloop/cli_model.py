@@ -1,0 +1,151 @@
+"""Model commands of the `tuneloop` CLI: train, evaluate, approve, promote, demo.
+
+Each command mirrors a Prefect flow (flows/) and calls the same step in `tuneloop.steps`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from tuneloop.cli_common import JsonOpt, emit, err, out, run_guarded, settings_or_exit
+
+
+def train(
+    snapshot: Annotated[
+        str | None, typer.Option(help="Snapshot id to train on (default: the newest).")
+    ] = None,
+    base_model: Annotated[
+        str | None,
+        typer.Option(help="Base model: folder, 'package:<pkg>' or hub id (default from settings)."),
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Most epochs this round (default from settings).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train one continual LoRA round on a snapshot, evaluate it against the champion, register it.
+
+    The round continues from the current champion's adapter (or the base model for the first
+    round), replays a seeded sample of earlier rows, and is scored on the snapshot's eval split, the
+    golden regression set and both. The gates in the promotion policy decide `gate.passed`; a refused
+    candidate is still registered, with the reasons. Re-running the same round reuses its version.
+    """
+    from tuneloop.steps.round import train_step
+
+    settings = settings_or_exit()
+    if base_model:
+        settings = settings.model_copy(update={"base_model": base_model})
+    result = run_guarded(
+        lambda: train_step(settings, snapshot_id=snapshot, progress=not as_json, epochs=epochs)
+    )
+    emit(result, as_json, _render_round)
+
+
+def _render_round(r: dict[str, Any]) -> None:
+    verdict = "[green]passed[/]" if r["gate"]["passed"] else "[red]refused[/]"
+    reused = " (already registered: reused)" if r["reused"] else ""
+    out.print(f"version {r['version']} from {r['data_snapshot']} (parent {r['parent_version']}){reused}")
+    table = Table("set", "macro-F1", "accuracy")
+    for name, metrics in r["metrics"].items():
+        if isinstance(metrics, dict):
+            table.add_row(name, f"{metrics.get('macro_f1', 0):.3f}", f"{metrics.get('accuracy', 0):.3f}")
+    out.print(table)
+    out.print(f"gate: {verdict}; approval: {r['approval']}; aliases: {', '.join(r['aliases']) or '-'}")
+    for reason in r["gate"]["reasons"]:
+        out.print(f"  - {reason}")
+
+
+def evaluate(
+    version: Annotated[str, typer.Argument(help="Registered version number, or an alias such as champion.")],
+    data: Annotated[Path, typer.Option("--data", help="Labelled CSV, JSONL or Parquet file.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Score a registered version on a labelled file: accuracy, macro-F1, per-label F1, confusion."""
+    from tuneloop.steps.evaluate import evaluate_step
+
+    settings = settings_or_exit()
+    result = run_guarded(lambda: evaluate_step(settings, _resolve(settings, version), data))
+    emit(result, as_json, _render_eval)
+
+
+def _render_eval(r: dict[str, Any]) -> None:
+    out.print(
+        f"v{r['version']} on {r['data']}: {r['rows']} rows, accuracy {r['accuracy']:.3f}, "
+        f"macro-F1 {r['macro_f1']:.3f}"
+    )
+    table = Table("label", "F1", "support")
+    for label, s in r["per_label"].items():
+        if s["support"]:
+            table.add_row(label, f"{s['f1']:.3f}", str(s["support"]))
+    out.print(table)
+    if r["skipped"]:
+        err.print(f"skipped rows: {r['skipped']}")
+    if r["unknown_labels"]:
+        err.print(f"labels the model does not know: {r['unknown_labels']}")
+
+
+def approve(
+    version: Annotated[str, typer.Argument(help="Version number to approve or reject.")],
+    by: Annotated[str, typer.Option("--by", help="Who decides (recorded on the version).")],
+    reject: Annotated[bool, typer.Option("--reject", help="Reject instead of approve.")] = False,
+    note: Annotated[str, typer.Option(help="Why (recorded on the version).")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Approve (or reject) a version: the same as setting its tag approval=approved in the MLflow UI."""
+    from tuneloop.steps.round import approve_step
+
+    settings = settings_or_exit()
+    result = run_guarded(lambda: approve_step(settings, version, by=by, reject=reject, note=note))
+    emit(result, as_json, lambda r: out.print(f"v{r['version']}: {r['approval']} by {r['by']}"))
+
+
+def promote(
+    version: Annotated[str, typer.Argument(help="Approved version to make champion.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded on the version).")],
+    by: Annotated[str | None, typer.Option("--by", help="Who (default: $TUNELOOP_USER or $USER).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Point `champion` at an approved version now (the first model, or break-glass).
+
+    The old champion becomes `previous`. The normal path for later versions is a canary rollout.
+    """
+    from tuneloop.steps.release import promote_step
+
+    settings = settings_or_exit()
+    result = run_guarded(lambda: promote_step(settings, version, reason=reason, by=by))
+    emit(
+        result,
+        as_json,
+        lambda r: out.print(
+            f"champion: v{r['champion']} (previous: v{r['previous'] or '-'})"
+            + ("" if r["changed"] else " unchanged")
+        ),
+    )
+
+
+def demo(as_json: JsonOpt = False) -> None:
+    """Run the whole loop end to end on the bundled data and embedded defaults."""
+    from tuneloop.demo import run_demo
+
+    settings = settings_or_exit()
+    result = run_guarded(lambda: run_demo(settings, echo=None if as_json else out.print))
+    emit(result, as_json, lambda r: None)
+
+
+def _resolve(settings: Any, version: str) -> str:
+    """Accept an alias (champion, canary, challenger, previous) where a version number is expected."""
+    from tuneloop.registry.store import ALIASES, Registry, RegistryError
+
+    if version in ALIASES:
+        info = Registry(settings).alias(version)
+        if info is None:
+            raise RegistryError(f"no version holds the alias {version!r}")
+        return info.version
+    return version
+
+
+COMMANDS = [train, evaluate, approve, promote, demo]

@@ -1,0 +1,80 @@
+"""The CLI as a user meets it: --help, --json (one object on stdout), errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from tuneloop.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cli_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TUNELOOP_CONFIG", raising=False)
+    return tmp_path
+
+
+def test_help_lists_every_command_with_its_purpose():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("ingest", "status", "train", "evaluate", "approve", "promote", "demo", "config"):
+        assert command in result.output
+    ingest_help = runner.invoke(app, ["ingest", "--help"]).output
+    assert "--label-column" in ingest_help and "quarantine" in ingest_help
+
+
+def test_import_and_help_stay_light():
+    # `tuneloop --help` must not pay for torch, mlflow or prefect (house style: lazy heavy imports).
+    code = (
+        "import sys; from typer.testing import CliRunner; from tuneloop.cli import app; "
+        "CliRunner().invoke(app, ['--help']); "
+        "heavy = ('torch', 'mlflow', 'prefect', 'onnxruntime', 'bentoml'); "
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+
+
+def test_ingest_and_status_json(cli_env):
+    data = cli_env / "drop.csv"
+    pd.DataFrame(
+        {
+            "text": ["where is my parcel", "where is my parcel", "", "reset my password"],
+            "label": ["track_order", "track_order", "track_order", "reset_password"],
+        }
+    ).to_csv(data, index=False)
+    result = runner.invoke(app, ["ingest", str(data), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert {k: summary[k] for k in ("rows", "accepted", "duplicates", "quarantined")} == {
+        "rows": 4,
+        "accepted": 2,
+        "duplicates": 1,
+        "quarantined": 1,
+    }
+    assert summary["reasons"] == {"empty_text": 1} and summary["snapshot"] == "snap-0001"
+
+    status = json.loads(runner.invoke(app, ["status", "--json", "--no-registry"]).stdout)
+    assert [s["id"] for s in status["data"]["snapshots"]] == ["snap-0001"]
+    assert status["data"]["quarantine"]["reasons"] == {"empty_text": 1}
+
+
+def test_missing_input_is_a_clear_error_not_a_traceback(cli_env):
+    result = runner.invoke(app, ["ingest", str(cli_env / "nope.csv")])
+    assert result.exit_code == 2
+    assert "input not found" in result.output and "Traceback" not in result.output
+
+
+def test_invalid_setting_names_the_field(cli_env, monkeypatch):
+    monkeypatch.setenv("TUNELOOP_EVAL_FRACTION", "2")
+    result = runner.invoke(app, ["config"])
+    assert result.exit_code == 2
+    assert "eval_fraction" in result.output

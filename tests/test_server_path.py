@@ -1,0 +1,152 @@
+"""The bigger world by configuration only: MLflow on PostgreSQL, directly and behind `mlflow server`.
+
+Needs PostgreSQL on 127.0.0.1:5432 (trust auth), which these machines and `.ci/run` provide. Each
+test works in a database of its own, created and dropped here, so runs never see each other.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+PG = "postgresql://postgres@127.0.0.1:5432"
+
+pytestmark = pytest.mark.postgres
+
+
+def _admin():
+    psycopg2 = pytest.importorskip("psycopg2")
+    try:
+        conn = psycopg2.connect(f"{PG}/test", connect_timeout=3)
+    except psycopg2.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable on 127.0.0.1:5432 ({exc}); .ci/run starts it")
+    conn.autocommit = True
+    return conn
+
+
+@pytest.fixture
+def pg_database():
+    conn = _admin()
+    name = f"tuneloop_{uuid.uuid4().hex[:10]}"
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"{PG}/{name}"
+    finally:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            cur.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.close()
+
+
+def _drop(tmp_path: Path) -> Path:
+    path = tmp_path / "drop.csv"
+    texts = [f"where is my order number {i}" for i in range(20)] + [
+        f"reset password please {i}" for i in range(20)
+    ]
+    pd.DataFrame({"text": texts, "label": ["track_order"] * 20 + ["reset_password"] * 20}).to_csv(
+        path, index=False
+    )
+    return path
+
+
+def _check_lineage(tracking_uri: str, run_id: str, snapshot: str) -> None:
+    from mlflow import MlflowClient
+
+    run = MlflowClient(tracking_uri).get_run(run_id)
+    names = sorted(d.dataset.name for d in run.inputs.dataset_inputs)
+    assert names == [f"{snapshot}/eval", f"{snapshot}/golden", f"{snapshot}/train"]
+    assert run.data.metrics["accepted"] == 40.0
+
+
+def test_ingest_logs_to_mlflow_on_postgresql(pg_database, tmp_path, monkeypatch):
+    from tuneloop.config import load_settings
+    from tuneloop.registry.store import Registry
+    from tuneloop.steps.ingest import ingest_step
+
+    monkeypatch.setenv("TUNELOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TUNELOOP_TRACKING_URI", pg_database)
+    monkeypatch.setenv("TUNELOOP_ARTIFACT_ROOT", (tmp_path / "artifacts").as_uri())
+    settings = load_settings()
+    assert settings.resolved_tracking_uri == pg_database
+
+    result = ingest_step(settings, [_drop(tmp_path)])
+    _check_lineage(pg_database, result["mlflow_run_id"], result["snapshot"])
+    assert not (tmp_path / "home" / "mlflow.db").exists(), "fell back to SQLite"
+
+    # The registry lives in PostgreSQL too: aliases and tags round-trip through it.
+    registry = Registry(settings)
+    info = registry.register(result["mlflow_run_id"], "snapshot", {"approval": "pending"})
+    registry.set_alias("challenger", info.version)
+    assert registry.alias("challenger").version == info.version
+    assert Registry(settings).get_version(info.version).approval == "pending"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ingest_through_an_mlflow_server_backed_by_postgresql(pg_database, tmp_path, monkeypatch):
+    import httpx
+
+    from tuneloop.config import load_settings
+    from tuneloop.steps.ingest import ingest_step
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            pg_database,
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                pytest.fail(f"mlflow server exited: {server.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        else:
+            pytest.fail("mlflow server did not answer /health within 120 s")
+
+        monkeypatch.setenv("TUNELOOP_HOME", str(tmp_path / "home"))
+        monkeypatch.setenv("TUNELOOP_TRACKING_URI", url)
+        result = ingest_step(load_settings(), [_drop(tmp_path)])
+        _check_lineage(url, result["mlflow_run_id"], result["snapshot"])
+        # Artifacts went through the server (proxied), not to the client's disk.
+        assert list((tmp_path / "server-artifacts").rglob("manifest.json"))
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
