@@ -1,6 +1,8 @@
 # tuneloop: `make demo` runs the whole loop on embedded defaults; `make test` runs the tests.
 # Both create the virtual environment on first use (about 3 minutes, 2.3 GB) from requirements.lock.
 
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -23,11 +25,10 @@ help: ## Show the targets.
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing the locked dependency set into $(VENV) (first run: a few minutes)"
-	$(BIN)/python -m pip install --quiet --upgrade "pip>=23.2" 2>&1 | grep -v "^WARNING: Location" || true
 	# torch first and alone, so the CPU build on this machine's wheel path is what gets used.
-	$(BIN)/python -m pip install --quiet "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-	$(BIN)/python -m pip install --quiet -r requirements.lock 2>&1 | grep -v "^WARNING: Location" || true
-	$(BIN)/python -m pip install --quiet --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -m pip install --quiet "torch==2.13.0" 2>&1 | { grep -v "^WARNING: Location" || true; }
+	$(BIN)/python -m pip install --quiet -r requirements.lock 2>&1 | { grep -v "^WARNING: Location" || true; }
+	$(BIN)/python -m pip install --quiet --no-deps -e . 2>&1 | { grep -v "^WARNING: Location" || true; }
 	$(BIN)/python -c "import tuneloop, torch, mlflow, prefect, bentoml, onnxruntime, peft, transformers"
 	@touch $(STAMP)
 

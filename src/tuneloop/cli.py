@@ -185,7 +185,7 @@ def show_config(as_json: JsonOpt = False) -> None:
 
 
 for command in cli_model.COMMANDS:
-    app.command()(command)
+    app.command()(command)  # type: ignore[type-var]
 
 if __name__ == "__main__":
     app()

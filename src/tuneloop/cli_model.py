@@ -1,4 +1,4 @@
-"""Model commands of the `tuneloop` CLI: train, evaluate, approve, promote, demo.
+"""Model commands of the `tuneloop` CLI: train, evaluate, approve, promote, convert, demo.
 
 Each command mirrors a Prefect flow (flows/) and calls the same step in `tuneloop.steps`.
 """
@@ -127,6 +127,48 @@ def promote(
     )
 
 
+def convert(
+    version: Annotated[
+        str, typer.Argument(help="Registered version number, or an alias such as challenger.")
+    ],
+    calibrate: Annotated[
+        bool, typer.Option(help="Static Q/DQ INT8 calibrated on the training snapshot (else dynamic INT8).")
+    ] = True,
+    tensorrt: Annotated[
+        str, typer.Option(help="'auto' (build where TensorRT and a GPU exist) or 'off'.")
+    ] = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Export ONNX, fuse, quantise to INT8 (and build a TensorRT engine on a GPU), then gate on parity.
+
+    Parity compares ONNX fp32 with PyTorch (max |delta logit|) and INT8 with fp32 (macro-F1 drop, argmax
+    agreement) on the eval split and the golden set, with the thresholds in the policy. The artifacts
+    and checksums are logged on the version; a failed conversion is recorded and never served.
+    """
+    from tuneloop.steps.convert import convert_step
+
+    if tensorrt not in ("auto", "off"):
+        raise typer.BadParameter("--tensorrt must be 'auto' or 'off'")
+    settings = settings_or_exit()
+    result = run_guarded(
+        lambda: convert_step(settings, _resolve(settings, version), calibrate=calibrate, tensorrt=tensorrt)
+    )
+    emit(result, as_json, _render_convert)
+
+
+def _render_convert(r: dict[str, Any]) -> None:
+    from tuneloop.steps.convert import parity_markdown
+
+    table = Table("artifact", "MB", "sha256")
+    for name, art in r["artifacts"].items():
+        if name.endswith((".onnx", ".plan")):
+            table.add_row(name, f"{art['bytes'] / 1e6:.1f}", art["sha256"][:16])
+    out.print(table)
+    out.print(parity_markdown(r))
+    if r["reused"]:
+        out.print("(already converted with these settings: reused)")
+
+
 def demo(as_json: JsonOpt = False) -> None:
     """Run the whole loop end to end on the bundled data and embedded defaults."""
     from tuneloop.demo import run_demo
@@ -148,4 +190,4 @@ def _resolve(settings: Any, version: str) -> str:
     return version
 
 
-COMMANDS = [train, evaluate, approve, promote, demo]
+COMMANDS = [train, evaluate, approve, promote, convert, demo]

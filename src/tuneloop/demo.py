@@ -38,7 +38,47 @@ def run_demo(settings: Settings, echo: Callable[[str], None] | None = None) -> d
         say(f"[bold]drop {name}[/]: {target}")
         result = ingest_step(settings, [target])
         say(f"  ingest: {result['message']}")
-        rounds.append({"drop": name, "ingest": result})
+        step: dict[str, Any] = {"drop": name, "ingest": result}
+        if result["snapshot"]:
+            step.update(_train_and_release(settings, result["snapshot"], say))
+        rounds.append(step)
     final = status(settings)
     say(f"snapshots: {[s['id'] for s in final['data']['snapshots']]}")
+    say(f"aliases: {final['registry']['aliases']}")
+    say("next: `tuneloop status`, or `mlflow ui --backend-store-uri " + settings.resolved_tracking_uri + "`")
     return {"rounds": rounds, "status": final}
+
+
+def _train_and_release(settings: Settings, snapshot_id: str, say: Callable[[str], None]) -> dict[str, Any]:
+    """Train a round on the new snapshot; promote it when the gates pass and the policy approves."""
+    from tuneloop.registry.store import Registry
+    from tuneloop.steps.release import promote_step
+    from tuneloop.steps.round import train_step
+
+    trained = train_step(settings, snapshot_id=snapshot_id, progress=True)
+    verdict = "passed" if trained["gate"]["passed"] else "refused: " + "; ".join(trained["gate"]["reasons"])
+    say(
+        f"  train: v{trained['version']} macro-F1 {trained['metrics']['macro_f1']:.3f} "
+        f"(golden {trained['metrics'].get('golden', {}).get('macro_f1', float('nan')):.3f}); gate {verdict}"
+    )
+    step: dict[str, Any] = {"train": trained}
+    info = Registry(settings).get_version(trained["version"])
+    if info.gate_passed:
+        from tuneloop.steps.convert import convert_step
+
+        converted = convert_step(settings, info.version)
+        sets = converted["parity"]["sets"]
+        agreement = min(s["int8_argmax_agreement"] or 0.0 for s in sets.values())
+        say(
+            f"  convert: parity {'passed' if converted['parity']['passed'] else 'FAILED'} "
+            f"(INT8 argmax agreement {agreement:.4f}; TensorRT {converted['tensorrt'].get('skipped') or 'built'})"
+        )
+        step["convert"] = converted
+        info = Registry(settings).get_version(info.version)
+    if info.gate_passed and info.approval == "approved" and info.tags.get("conversion") == "passed":
+        promoted = promote_step(
+            settings, info.version, reason=f"demo: {snapshot_id} passed the gates", by="demo"
+        )
+        say(f"  promote: champion v{promoted['champion']} (previous v{promoted['previous'] or '-'})")
+        step["promote"] = promoted
+    return step

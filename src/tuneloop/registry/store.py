@@ -256,6 +256,7 @@ def log_snapshot_inputs(snapshots_dir_or_snapshot: Path, snapshot_id: str, conte
 
     import mlflow
     import pandas as pd
+    from mlflow.data.pandas_dataset import from_pandas
 
     folder = snapshots_dir_or_snapshot
     datasets = []
@@ -267,7 +268,7 @@ def log_snapshot_inputs(snapshots_dir_or_snapshot: Path, snapshot_id: str, conte
         with warnings.catch_warnings():
             # A file:// source matches MLflow's local-artifact source twice; the choice is right.
             warnings.filterwarnings("ignore", message="The specified dataset source")
-            dataset = mlflow.data.from_pandas(
+            dataset = from_pandas(
                 frame, source=path.resolve().as_uri(), name=f"{snapshot_id}/{split}", targets="label"
             )
         datasets.append((dataset, split))

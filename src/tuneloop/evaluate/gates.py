@@ -1,0 +1,186 @@
+"""Evaluation gates: may this candidate be promoted, given the champion and the policy?
+
+A pure function over plain data (two EvalReports and a GatePolicy); the registry adapter turns the
+decision into version tags. Gates fail closed: a set the check needs but the report lacks is a
+failed check, never a skipped one.
+
+The candidate and the champion should be scored on the same golden set in the same run (re-scoring
+the champion costs one pass over a few hundred rows); comparing against scores stored when the
+champion was trained breaks as soon as the golden set gains a new label's rows.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tuneloop.evaluate.metrics import Scores
+from tuneloop.evaluate.report import BackwardTransfer, EvalReport, backward_transfer
+from tuneloop.registry.policy import GatePolicy
+
+# Float slack when comparing against a threshold: 0.90 - 0.88 is 2.0000000000000018 points, and a
+# drop of exactly the allowed maximum should pass.
+_EPS = 1e-9
+
+
+class GateCheck(BaseModel):
+    """One check: its value, its threshold, and whether it passed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(description="Stable identifier, e.g. 'golden_macro_f1_regression'.")
+    value: float | None = Field(description="Measured value; None when the input was missing.")
+    threshold: float = Field(description="The policy's limit for this check.")
+    passed: bool
+    detail: str = Field(description="Human-readable sentence with the figures.")
+
+
+class GateDecision(BaseModel):
+    """The verdict: passed only if every check passed; `reasons` lists each failure in words."""
+
+    model_config = ConfigDict(frozen=True)
+
+    passed: bool
+    reasons: list[str] = Field(description="One sentence per failed check (and per forgotten label).")
+    checks: list[GateCheck]
+    champion_version: str | None = Field(default=None, description="Champion compared with, if any.")
+    backward_transfer: BackwardTransfer | None = Field(
+        default=None, description="Per-label golden F1 change versus the champion, if there is one."
+    )
+
+    @property
+    def tag_value(self) -> str:
+        """Value for the `gate` version tag: 'passed' or 'failed'."""
+        return "passed" if self.passed else "failed"
+
+
+def _fmt(value: float, threshold: float) -> str:
+    """Points with one decimal, or more where one decimal would make value and threshold look equal."""
+    for digits in (1, 2, 3):
+        if f"{value:.{digits}f}" != f"{threshold:.{digits}f}" or value == threshold:
+            return f"{value:.{digits}f}"
+    return f"{value:.4f}"
+
+
+def _check_floor(name: str, what: str, scores: Scores | None, minimum: float) -> GateCheck:
+    if scores is None:
+        return GateCheck(
+            name=name,
+            value=None,
+            threshold=minimum,
+            passed=False,
+            detail=f"{what}: the candidate report has no such set, so it cannot be judged",
+        )
+    value = scores.macro_f1
+    passed = value >= minimum - _EPS
+    relation = "meets" if passed else "is below"
+    detail = f"{what} {value:.3f} {relation} the minimum {minimum:.3f} ({scores.n} rows)"
+    return GateCheck(name=name, value=value, threshold=minimum, passed=passed, detail=detail)
+
+
+def _check_regression(candidate: EvalReport, champion: EvalReport, policy: GatePolicy) -> GateCheck:
+    name, limit = "golden_macro_f1_regression", policy.max_golden_regression_points
+    cand, champ = candidate.golden, champion.golden
+    if cand is None or champ is None:
+        missing = "candidate" if cand is None else f"champion {champion.name}"
+        return GateCheck(
+            name=name,
+            value=None,
+            threshold=limit,
+            passed=False,
+            detail=f"golden macro-F1 vs champion {champion.name}: the {missing} has no golden scores",
+        )
+    # Over the labels the champion knew: new labels are judged by the floors, not as a "regression".
+    labels = [
+        label
+        for label in champion.known_labels()
+        if label in champ.per_label and champ.per_label[label].support > 0 and label in cand.per_label
+    ]
+    if not labels:
+        return GateCheck(
+            name=name,
+            value=None,
+            threshold=limit,
+            passed=False,
+            detail=f"golden macro-F1 vs champion {champion.name}: no golden rows for any label it knew",
+        )
+    before, after = champ.macro_f1_over(labels), cand.macro_f1_over(labels)
+    drop = (before - after) * 100
+    passed = drop <= limit + _EPS
+    change = f"dropped {_fmt(drop, limit)} points" if drop > 0 else f"rose {-drop:.1f} points"
+    detail = (
+        f"golden macro-F1 {change} vs champion {champion.name} (max {limit:.1f}): "
+        f"{before:.3f} -> {after:.3f} over the {len(labels)} labels it knew"
+    )
+    return GateCheck(name=name, value=drop, threshold=limit, passed=passed, detail=detail)
+
+
+def _check_per_label(
+    candidate: EvalReport, champion: EvalReport, policy: GatePolicy
+) -> tuple[GateCheck, list[str], BackwardTransfer | None]:
+    name, limit = "golden_per_label_drop", policy.max_per_label_drop_points
+    if candidate.golden is None or champion.golden is None:
+        check = GateCheck(
+            name=name,
+            value=None,
+            threshold=limit,
+            passed=False,
+            detail="per-label golden F1: golden scores missing, so forgetting cannot be judged",
+        )
+        return check, [check.detail], None
+    transfer = backward_transfer(
+        candidate.golden, champion.golden, champion.known_labels(), min_support=policy.min_label_support
+    )
+    drops = {label: -delta * 100 for label, delta in transfer.per_label.items()}
+    failing = sorted((label for label, d in drops.items() if d > limit + _EPS), key=lambda k: -drops[k])
+    reasons = [
+        f"golden F1 of label {label!r} dropped {_fmt(drops[label], limit)} points vs champion "
+        f"{champion.name} (max {limit:.1f}; {champion.golden.per_label[label].f1:.3f} -> "
+        f"{candidate.golden.per_label[label].f1:.3f}, {transfer.support[label]} rows)"
+        for label in failing
+    ]
+    worst = max(drops.values(), default=0.0)
+    if not drops:
+        detail = f"per-label golden F1: no known label has {policy.min_label_support}+ golden rows"
+    elif failing:
+        detail = (
+            f"per-label golden F1: {len(failing)} of {len(drops)} known labels dropped > {limit:.1f} points"
+        )
+    else:
+        detail = (
+            f"per-label golden F1: largest drop {max(worst, 0.0):.1f} points "
+            f"over {len(drops)} labels (max {limit:.1f})"
+        )
+    check = GateCheck(name=name, value=worst, threshold=limit, passed=not failing, detail=detail)
+    return check, reasons, transfer
+
+
+def decide_gates(candidate: EvalReport, champion: EvalReport | None, policy: GatePolicy) -> GateDecision:
+    """Run every gate on the candidate's report and return the verdict with reasons and figures.
+
+    Always: macro-F1 floors on the `new` and `union` sets (these refuse a model trained on shuffled
+    labels, which scores about chance). With a champion, also: golden macro-F1 regression over the
+    labels the champion knew (`champion.known_labels()`: pass `model_labels` to `build_report` for
+    the champion, else they are inferred from its predictions), and per-label golden F1 drops for
+    those labels with at least `min_label_support` golden rows. Without a champion (first round),
+    only the floors apply.
+    """
+    checks = [
+        _check_floor("new_macro_f1", "new-data macro-F1", candidate.new, policy.min_macro_f1),
+        _check_floor("union_macro_f1", "union macro-F1", candidate.union, policy.min_union_macro_f1),
+    ]
+    reasons = [check.detail for check in checks if not check.passed]
+    transfer = None
+    if champion is not None:
+        regression = _check_regression(candidate, champion, policy)
+        per_label, label_reasons, transfer = _check_per_label(candidate, champion, policy)
+        checks += [regression, per_label]
+        if not regression.passed:
+            reasons.append(regression.detail)
+        reasons += label_reasons
+    return GateDecision(
+        passed=all(check.passed for check in checks),
+        reasons=reasons,
+        checks=checks,
+        champion_version=champion.version if champion is not None else None,
+        backward_transfer=transfer,
+    )

@@ -1,0 +1,194 @@
+"""The promotion policy as typed data: gates, approval, conversion parity and canary rollout.
+
+The numbers live in `registry/policy.yaml` (with comments explaining each one), not here: every
+threshold field is required, so a file that forgets one fails loudly instead of falling back to a
+number hidden in code. Only the safe choices have defaults (approval required, no auto-approval,
+anyone may approve). Unknown keys are refused too, so a typo such as `min_macro_fl` cannot silently
+leave the real threshold unset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+Points = float  # F1 differences are expressed in points: 0.021 macro-F1 is 2.1 points.
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatePolicy(_Section):
+    """Checks a candidate's evaluation must pass before it can be registered as promotable."""
+
+    min_macro_f1: float = Field(
+        ge=0, le=1, description="Lowest macro-F1 allowed on the new snapshot's eval split."
+    )
+    min_union_macro_f1: float = Field(
+        ge=0, le=1, description="Lowest macro-F1 allowed on the union of the eval split and golden set."
+    )
+    max_golden_regression_points: Points = Field(
+        ge=0,
+        le=100,
+        description="Largest drop of golden-set macro-F1 versus the champion, in points, over the "
+        "labels the champion knew.",
+    )
+    max_per_label_drop_points: Points = Field(
+        ge=0,
+        le=100,
+        description="Largest drop of any single known label's golden F1 versus the champion, in points.",
+    )
+    min_label_support: int = Field(
+        ge=1,
+        description="Golden rows a label needs before its per-label drop is judged; smaller labels "
+        "are too noisy (one flipped row moves their F1 by tens of points).",
+    )
+
+
+class ApprovalPolicy(_Section):
+    """Who has to say yes before a gated candidate becomes the canary."""
+
+    required: bool = Field(
+        default=True,
+        description="A version needs the tag approval=approved (set in the MLflow UI or with "
+        "`tuneloop approve`) before rollout.",
+    )
+    auto_approve: bool = Field(
+        default=False, description="The loop tags versions that pass every gate approval=approved itself."
+    )
+    approvers: list[str] | None = Field(
+        default=None, description="Names allowed to approve; null means anyone with registry access."
+    )
+
+    @field_validator("approvers")
+    @classmethod
+    def _named_approvers(cls, value: list[str] | None) -> list[str] | None:
+        # An empty list would mean "nobody may approve": a deadlock, never what was meant.
+        if value is None:
+            return None
+        names = [name.strip() for name in value]
+        if not names or any(not name for name in names):
+            raise ValueError("approvers must be null (anyone) or a list of non-empty names")
+        return names
+
+
+class ConversionPolicy(_Section):
+    """Parity a converted model (ONNX fp32, INT8) must keep with the PyTorch model it came from."""
+
+    max_abs_logit_diff_fp32: float = Field(
+        gt=0, description="Largest absolute logit difference allowed between PyTorch and ONNX fp32."
+    )
+    int8_max_macro_f1_drop_points: Points = Field(
+        ge=0, le=100, description="Largest macro-F1 drop, in points, of INT8 versus fp32 on the eval set."
+    )
+    int8_min_argmax_agreement: float = Field(
+        ge=0, le=1, description="Lowest share of rows where INT8 and fp32 predict the same label."
+    )
+
+
+class CanaryPolicy(_Section):
+    """How a canary's share of traffic grows, and what rolls it back."""
+
+    steps: list[float] = Field(
+        min_length=1,
+        description="Canary traffic percentages in order; strictly increasing, ending at 100.",
+    )
+    min_requests_per_step: int = Field(
+        ge=1, description="Requests the canary must serve at a step before the step is judged."
+    )
+    min_feedback_per_step: int = Field(
+        ge=1,
+        description="Labelled feedback rows on canary predictions needed before the F1 check counts; "
+        "with fewer, that check is not judged at this step.",
+    )
+    max_error_rate: float = Field(ge=0, le=1, description="Highest share of canary requests that error.")
+    max_p95_latency_ms: float = Field(gt=0, description="Highest 95th-percentile canary latency (ms).")
+    max_macro_f1_drop_points: Points = Field(
+        ge=0,
+        le=100,
+        description="Largest drop of canary macro-F1 on labelled feedback versus the champion, in points.",
+    )
+    max_prediction_drift: float = Field(
+        ge=0,
+        le=1,
+        description="Largest total variation distance between canary and champion predicted-label "
+        "distributions (0 = identical, 1 = disjoint).",
+    )
+    step_interval_seconds: float = Field(ge=0, description="Least time spent at each step.")
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_increase_to_full(cls, value: list[float]) -> list[float]:
+        if any(not 0 < step <= 100 for step in value):
+            raise ValueError(f"every step must be a percentage in (0, 100], got {value}")
+        if any(b <= a for a, b in zip(value, value[1:], strict=False)):
+            raise ValueError(f"steps must strictly increase, got {value}")
+        if value[-1] != 100:
+            raise ValueError(f"the last step must be 100 (full traffic), got {value[-1]}")
+        return value
+
+
+class Policy(_Section):
+    """The whole promotion policy, as read from `registry/policy.yaml`."""
+
+    gates: GatePolicy = Field(description="Evaluation gates (see GatePolicy).")
+    approval: ApprovalPolicy = Field(
+        default=ApprovalPolicy(),
+        description="Human approval (see ApprovalPolicy); the safe defaults if omitted.",
+    )
+    conversion: ConversionPolicy = Field(description="Conversion parity (see ConversionPolicy).")
+    canary: CanaryPolicy = Field(description="Canary rollout (see CanaryPolicy).")
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be read or does not validate; the message names file and fields."""
+
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        listing = "\n".join(f"  - {problem}" for problem in problems)
+        super().__init__(f"invalid policy file {path}:\n{listing}")
+
+
+def _describe(error: dict[str, Any]) -> str:
+    field = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = str(error["msg"])
+    if error["type"] == "missing":
+        return f"{field}: required field is missing"
+    if error["type"] == "extra_forbidden":
+        return f"{field}: unknown field (typo?)"
+    return f"{field}: {message} (got {error.get('input')!r})"
+
+
+def parse_policy(data: Any, source: Path | str = "<policy>") -> Policy:
+    """Validate already-parsed YAML data into a `Policy`; `source` names it in errors."""
+    path = Path(source)
+    if not isinstance(data, dict):
+        raise PolicyError(path, [f"(top level): expected a mapping, got {type(data).__name__}"])
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError(path, [_describe(dict(err)) for err in exc.errors()]) from None
+
+
+def load_policy(path: Path | str) -> Policy:
+    """Read and validate a policy YAML file; raise `PolicyError` naming the file and each bad field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"policy file {path} does not exist") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyError(path, [f"not valid YAML: {exc}"]) from None
+    return parse_policy(data, path)
+
+
+def dump_policy(policy: Policy) -> str:
+    """The policy as YAML (without the explanatory comments of the checked-in files)."""
+    return yaml.safe_dump(policy.model_dump(mode="json"), sort_keys=False)

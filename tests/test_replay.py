@@ -1,0 +1,91 @@
+"""Replay selection: seeded, balanced across labels, sized right, reproducible from its manifest."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from tuneloop.train.replay import apply_replay_manifest, replay_budget, replay_manifest, select_replay
+
+
+def make_history(counts: dict[str, int]) -> pd.DataFrame:
+    rows = [
+        {
+            "text": f"{label} text {i}",
+            "label": label,
+            "key": f"k-{label}-{i:03d}",
+            "snapshot": f"snap-{i % 3}",
+        }
+        for label, n in counts.items()
+        for i in range(n)
+    ]
+    return pd.DataFrame(rows)
+
+
+HISTORY = make_history({"a": 40, "b": 40, "c": 3, "d": 25})  # 108 rows, "c" is scarce
+
+
+def test_budget_rounds_half_up() -> None:
+    assert replay_budget(100, 0.3) == 30
+    assert replay_budget(5, 0.5) == 3  # 2.5 rounds up; Python's round() would give 2
+    assert replay_budget(0, 0.3) == 0
+
+
+def test_size_is_fraction_of_new_rows_and_capped() -> None:
+    assert len(select_replay(HISTORY, n_new_rows=100, fraction=0.3, seed=1)) == 30
+    assert len(select_replay(HISTORY, n_new_rows=1000, fraction=0.5, seed=1)) == len(HISTORY)
+    assert select_replay(HISTORY, n_new_rows=100, fraction=0.0, seed=1).empty
+
+
+def test_balanced_with_scarce_label_and_every_label_present() -> None:
+    counts = select_replay(HISTORY, n_new_rows=100, fraction=0.3, seed=1)["label"].value_counts()
+    # 30 rows over 4 labels: "c" has only 3, so the other 27 split 9/9/9.
+    assert counts.to_dict() == {"a": 9, "b": 9, "c": 3, "d": 9}
+    small = select_replay(HISTORY, n_new_rows=20, fraction=0.3, seed=1)["label"].value_counts()
+    assert sorted(small.index) == ["a", "b", "c", "d"]  # 6 rows: every label still represented
+    assert small.max() - small.min() <= 1
+
+
+def test_seeded_and_independent_of_row_order() -> None:
+    first = select_replay(HISTORY, 100, 0.3, seed=7)
+    shuffled = HISTORY.sample(frac=1.0, random_state=3)
+    pd.testing.assert_frame_equal(first, select_replay(shuffled, 100, 0.3, seed=7))
+    other = select_replay(HISTORY, 100, 0.3, seed=8)
+    assert set(first["key"]) != set(other["key"])
+
+
+def test_manifest_reproduces_selection() -> None:
+    selected = select_replay(HISTORY, 100, 0.3, seed=5)
+    manifest = replay_manifest(selected)
+    assert manifest["count"] == 30 and len(manifest["sha256"]) == 64
+    assert {(r["snapshot"], r["key"]) for r in manifest["rows"]} == set(
+        zip(selected["snapshot"], selected["key"], strict=True)
+    )
+    rebuilt = apply_replay_manifest(HISTORY.sample(frac=1.0, random_state=9), manifest)
+    pd.testing.assert_frame_equal(rebuilt, selected)
+
+
+def test_manifest_refuses_tampering_and_missing_rows() -> None:
+    manifest = replay_manifest(select_replay(HISTORY, 100, 0.3, seed=5))
+    tampered = manifest | {"rows": manifest["rows"][1:]}
+    with pytest.raises(ValueError, match="sha256"):
+        apply_replay_manifest(HISTORY, tampered)
+    dropped = HISTORY[HISTORY["key"] != manifest["rows"][0]["key"]]
+    with pytest.raises(KeyError, match="not in the history"):
+        apply_replay_manifest(dropped, manifest)
+
+
+def test_missing_columns_named() -> None:
+    with pytest.raises(ValueError, match="snapshot"):
+        select_replay(HISTORY.drop(columns="snapshot"), 10, 0.3, seed=1)
+
+
+def test_light_modules_do_not_import_torch() -> None:
+    code = (
+        "import sys, tuneloop.train, tuneloop.train.config, tuneloop.train.replay; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
