@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tuneloop.config import Settings
@@ -35,8 +36,11 @@ def run_demo(settings: Settings, echo: Callable[[str], None] | None = None) -> d
     for name in ("base", "drift-1", "drift-2"):
         target = landing / files[name].name
         shutil.copy2(files[name], target)
-        say(f"[bold]drop {name}[/]: {target}")
-        result = ingest_step(settings, [target])
+        drop = [target]
+        if name == "drift-1":
+            drop.append(_write_messy_drop(landing / "messy.csv", files["base"]))
+        say(f"[bold]drop {name}[/]: {', '.join(str(p) for p in drop)}")
+        result = ingest_step(settings, drop)
         say(f"  ingest: {result['message']}")
         step: dict[str, Any] = {"drop": name, "ingest": result}
         if result["snapshot"]:
@@ -47,6 +51,29 @@ def run_demo(settings: Settings, echo: Callable[[str], None] | None = None) -> d
     say(f"aliases: {final['registry']['aliases']}")
     say("next: `tuneloop status`, or `mlflow ui --backend-store-uri " + settings.resolved_tracking_uri + "`")
     return {"rounds": rounds, "status": final}
+
+
+def _write_messy_drop(path: Path, base: Path) -> Path:
+    """A drop the way real ones arrive: a few good rows and one of each fault ingest must catch."""
+    import csv
+
+    with base.open(encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        first, second = next(reader), next(reader)
+    rows = [
+        ("   ", "track_order"),  # empty after whitespace normalisation
+        ("x" * 2500, "track_order"),  # over the 2,000-character limit
+        ("where is my refund for the blue kettle", ""),  # missing label
+        ("cancel it now!!", "cancel order!"),  # label outside the pattern
+        (first["text"], first["label"]),  # exact duplicate of a base row
+        (second["text"].upper(), "talk_to_human"),  # a base text with another label: conflict
+        ("hey can u tell me where my package is rn", "track_order"),  # a good row
+    ]
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    return path
 
 
 def _train_and_release(settings: Settings, snapshot_id: str, say: Callable[[str], None]) -> dict[str, Any]:
@@ -71,7 +98,8 @@ def _train_and_release(settings: Settings, snapshot_id: str, say: Callable[[str]
         agreement = min(s["int8_argmax_agreement"] or 0.0 for s in sets.values())
         say(
             f"  convert: parity {'passed' if converted['parity']['passed'] else 'FAILED'} "
-            f"(INT8 argmax agreement {agreement:.4f}; TensorRT {converted['tensorrt'].get('skipped') or 'built'})"
+            f"(INT8 argmax agreement {agreement:.4f}; "
+            f"TensorRT {converted['tensorrt'].get('skipped') or 'built'})"
         )
         step["convert"] = converted
         info = Registry(settings).get_version(info.version)
