@@ -1,7 +1,8 @@
 """The whole train -> evaluate -> register -> approve -> promote path on a tiny random BERT.
 
 Data is keyword sentences (one vocabulary per label), which a 2-layer, hidden-128 random encoder
-learns in seconds with LoRA on every linear layer (hidden 32 stalls at 2 of 3 labels for some seeds); the real MiniLM on BANKING77 is in test_real_model.py.
+learns in seconds with LoRA on every linear layer (hidden 32 stalls at 2 of 3 labels for some
+seeds); the real MiniLM on BANKING77 is in test_real_model.py.
 One module-scoped home carries the rounds forward: round 1 (base), round 2 (new label, continues from
 the champion), a poisoned round (labels shuffled) that the gates must refuse.
 """

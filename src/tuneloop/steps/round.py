@@ -38,6 +38,7 @@ def train_config(settings: Settings, **overrides: Any) -> TrainConfig:
         "lora_alpha": settings.lora_alpha,
         "lora_dropout": settings.lora_dropout,
         "target_modules": tuple(settings.lora_target_modules),
+        "modules_to_save": tuple(settings.lora_modules_to_save),
         "learning_rate": settings.learning_rate,
         "epochs": settings.epochs,
         "batch_size": settings.batch_size,
