@@ -20,8 +20,8 @@ import pytest
 from tuneloop.data import snapshot as snap
 from tuneloop.data.bundled import NEW_INTENT, write_bundled
 from tuneloop.data.ingest import IngestConfig, IngestError, IngestSummary, ingest, ledger_records
-from tuneloop.data.readers import file_sha256
 from tuneloop.data.validate import CleanRow
+from tuneloop.files import sha256_file as file_sha256
 
 SPLIT_FILES = {"manifest.json", "train.parquet", "eval.parquet", "golden.parquet"}
 

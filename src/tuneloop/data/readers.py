@@ -10,12 +10,13 @@ goes to quarantine whole.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tuneloop.files import sha256_file
 
 SUPPORTED_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 
@@ -42,14 +43,6 @@ class FileRead:
     records: list[RawRecord] = field(default_factory=list)
     error: str | None = None  # reason the whole file is quarantined
     detail: str = ""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def find_input_files(paths: list[Path]) -> tuple[list[Path], list[Path]]:
@@ -216,7 +209,7 @@ def _read_parquet(path: Path, text_col: str, label_col: str, out: FileRead) -> N
 
 def read_file(path: Path, text_col: str, label_col: str) -> FileRead:
     """Read one supported file. Never raises for bad content: problems are recorded on the result."""
-    out = FileRead(path=path, sha256=file_sha256(path))
+    out = FileRead(path=path, sha256=sha256_file(path))
     kind = SUPPORTED_SUFFIXES.get(path.suffix.lower())
     try:
         if kind == "csv":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import hashlib
 import json
 import os
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.config import Settings
+from tuneloop.files import sha256_file
 
 ALIASES = ("champion", "canary", "challenger", "previous")
 APPROVAL_STATES = ("pending", "approved", "rejected")
@@ -31,14 +31,6 @@ APPROVAL_STATES = ("pending", "approved", "rejected")
 
 class RegistryError(RuntimeError):
     """A registry operation that cannot go ahead; the message says why and what to do."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def checksums(folder: Path) -> dict[str, str]:
