@@ -35,3 +35,37 @@ def test_ingest_flow_cuts_a_snapshot_and_is_idempotent(prefect_harness, home, mo
     again = ingest_flow(paths=[str(data)])
     assert again["snapshot"] is None and again["accepted"] == 0
     assert again["skipped_files"] == [str(data)]
+
+
+def test_train_and_convert_flows_register_and_convert_a_version(prefect_harness, monkeypatch, tmp_path):
+    import numpy as np
+    from flows.convert import convert_flow
+    from flows.ingest import ingest_flow
+    from flows.train import train_flow
+
+    from tuneloop.testing import make_tiny_bert
+
+    words = {"alpha": ["apple", "banana", "cherry", "grape"], "beta": ["river", "ocean", "forest", "valley"]}
+    rng = np.random.default_rng(0)
+    rows = [
+        {"text": " ".join(rng.choice(w, size=4)), "label": label}
+        for label, w in words.items()
+        for _ in range(30)
+    ]
+    data = tmp_path / "drop.csv"
+    pd.DataFrame(rows).to_csv(data, index=False)
+    for key, value in {
+        "TUNELOOP_HOME": str(tmp_path / "home"),
+        "TUNELOOP_BASE_MODEL": str(make_tiny_bert(tmp_path / "tiny")),
+        "TUNELOOP_EPOCHS": "1",
+        "TUNELOOP_LORA_MODULES_TO_SAVE": "pooler",
+    }.items():
+        monkeypatch.setenv(key, value)
+
+    assert ingest_flow(paths=[str(data)])["snapshot"] == "snap-0001"
+    trained = train_flow()
+    assert trained["version"] == "1" and trained["data_snapshot"] == "snap-0001"
+    assert set(trained["gate"]) == {"passed", "reasons"}
+    converted = convert_flow(version="1")
+    assert "model.int8.onnx" in converted["artifacts"]
+    assert converted["tensorrt"]["skipped"].startswith("skipped:")
