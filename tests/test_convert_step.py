@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -15,12 +13,7 @@ from tuneloop.registry.store import Registry
 from tuneloop.steps.ingest import ingest_step
 from tuneloop.steps.release import promotion_problems
 from tuneloop.steps.round import train_step
-
-WORDS = {
-    "alpha": ["apple", "banana", "cherry", "grape", "melon"],
-    "beta": ["river", "mountain", "ocean", "forest", "valley"],
-    "gamma": ["engine", "wheel", "brake", "gear", "piston"],
-}
+from tuneloop.testing import TINY_TRAIN_SETTINGS, keyword_sentences
 
 
 @pytest.fixture(scope="module")
@@ -29,25 +22,12 @@ def converted(tmp_path_factory):
     from tuneloop.testing import make_tiny_bert
 
     root = tmp_path_factory.mktemp("convert-step")
-    rng = np.random.default_rng(0)
-    rows = [
-        {"text": " ".join(rng.choice(words, size=4)), "label": label}
-        for label, words in WORDS.items()
-        for _ in range(40)
-    ]
-    pd.DataFrame(rows).to_csv(root / "data.csv", index=False)
+    keyword_sentences(["alpha", "beta", "gamma"], 40, seed=0).to_csv(root / "data.csv", index=False)
     settings = load_settings(
         home=root / "home",
         base_model=str(make_tiny_bert(root / "tiny", hidden_size=128)),
-        lora_r=8,
-        lora_alpha=16,
-        lora_target_modules=["query", "key", "value", "dense"],
-        learning_rate=2e-3,
         epochs=6,
-        batch_size=8,
-        patience=10,
-        seed=3,
-        golden_per_label=3,
+        **TINY_TRAIN_SETTINGS,
         policy_path=PROJECT_ROOT / "registry" / "policy.yaml",
     )
     ingest_step(settings, [root / "data.csv"])

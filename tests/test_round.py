@@ -23,23 +23,9 @@ from tuneloop.steps.evaluate import evaluate_step
 from tuneloop.steps.ingest import ingest_step
 from tuneloop.steps.release import promote_step
 from tuneloop.steps.round import approve_step, train_step
+from tuneloop.testing import TINY_TRAIN_SETTINGS, keyword_sentences
 
-WORDS = {
-    "alpha": ["apple", "banana", "cherry", "grape", "melon"],
-    "beta": ["river", "mountain", "ocean", "forest", "valley"],
-    "gamma": ["engine", "wheel", "brake", "gear", "piston"],
-    "delta": ["violin", "piano", "drum", "flute", "cello"],
-}
-
-
-def sentences(labels: list[str], per_label: int, seed: int, length: int = 4) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    rows = [
-        {"text": " ".join(rng.choice(WORDS[label], size=length)), "label": label}
-        for label in labels
-        for _ in range(per_label)
-    ]
-    return pd.DataFrame(rows)
+sentences = keyword_sentences
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +37,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Path]:
     settings = load_settings(
         home=root / "home",
         base_model=str(tiny),
-        lora_r=8,
-        lora_alpha=16,
-        lora_target_modules=["query", "key", "value", "dense"],
-        learning_rate=2e-3,
         epochs=8,
-        batch_size=8,
-        patience=10,
-        seed=3,
-        golden_per_label=3,
+        **TINY_TRAIN_SETTINGS,
         # Replay as many old rows as new ones: the tiny encoder forgets faster than MiniLM.
         replay_fraction=1.0,
         policy_path=PROJECT_ROOT / "registry" / "policy.yaml",

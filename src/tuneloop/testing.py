@@ -9,6 +9,7 @@ embedding table, versus 22.7 M, so a training step takes milliseconds.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -43,3 +44,40 @@ def make_tiny_bert(target: Path, seed: int = 0, hidden_size: int = 32) -> Path:
         if (source / name).is_file():
             shutil.copy2(source / name, target / name)
     return target
+
+
+# One vocabulary per label: a sentence of one label's words is that label, so a tiny random encoder
+# can learn the task in seconds and a wrong label is unmistakable.
+KEYWORDS = {
+    "alpha": ["apple", "banana", "cherry", "grape", "melon"],
+    "beta": ["river", "mountain", "ocean", "forest", "valley"],
+    "gamma": ["engine", "wheel", "brake", "gear", "piston"],
+    "delta": ["violin", "piano", "drum", "flute", "cello"],
+}
+
+# LoRA settings under which the hidden-128 tiny BERT learns keyword sentences reliably across seeds
+# (hidden 32, or lr 2e-2, stalls at 2 of 3 labels for some seeds).
+TINY_TRAIN_SETTINGS = {
+    "lora_r": 8,
+    "lora_alpha": 16,
+    "lora_target_modules": ["query", "key", "value", "dense"],
+    "learning_rate": 2e-3,
+    "batch_size": 8,
+    "patience": 10,
+    "seed": 3,
+    "golden_per_label": 3,
+}
+
+
+def keyword_sentences(labels: list[str], per_label: int, seed: int, length: int = 4) -> Any:
+    """A DataFrame (text, label) of `per_label` keyword sentences for each label, seeded."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    rows = [
+        {"text": " ".join(rng.choice(KEYWORDS[label], size=length)), "label": label}
+        for label in labels
+        for _ in range(per_label)
+    ]
+    return pd.DataFrame(rows)
