@@ -33,7 +33,7 @@ from pydantic import BaseModel, Field
 
 from tuneloop.data import snapshot as snap
 from tuneloop.data.readers import FileRead, find_input_files, read_file
-from tuneloop.data.validate import CleanRow, Rules, check_record, text_key
+from tuneloop.data.validate import CleanRow, Rules, check_record
 
 
 @dataclass(frozen=True)
@@ -149,9 +149,9 @@ def _existing_keys(cfg: IngestConfig) -> tuple[set[str], dict[str, str]]:
     labels_by_text: dict[str, str] = {}
     for split in snap.SPLITS:
         frame = snap.load_all(cfg.snapshots_dir, split)
-        for text, label, key in zip(frame["text"], frame["label"], frame["key"], strict=True):
+        for label, key in zip(frame["label"], frame["key"], strict=True):
             keys.add(key)
-            labels_by_text[key.split(":", 1)[0] if ":" in key else text_key(text)] = label
+            labels_by_text[key.split(":", 1)[0]] = label  # key = "<text key>:<label>"
     return keys, labels_by_text
 
 
@@ -223,7 +223,6 @@ def ingest(
         reasons: Counter[str] = Counter()
         accepted: list[CleanRow] = []
         batch_keys: set[str] = set()
-        quarantined_file_hashes: list[dict[str, str]] = []
 
         for path in unsupported:
             summary.files_quarantined.append(
@@ -248,7 +247,6 @@ def ingest(
             summary.files.append(source)
             if read.error:
                 summary.files_quarantined.append(_quarantine_file(cfg, batch, read))
-                quarantined_file_hashes.append({"path": str(path), "sha256": read.sha256})
                 continue
             for raw in read.records:
                 source.rows += 1
@@ -316,30 +314,31 @@ def ingest(
             summary.quarantine_report = str(report)
 
         golden_labels = set(snap.load_golden(cfg.snapshots_dir)["label"])
-        record: dict[str, Any]
         if accepted:
             splits = snap.split_rows(
                 accepted, cfg.eval_fraction, cfg.golden_per_label, golden_labels, cfg.seed
             )
             summary.split = {s: len(splits[s]) for s in snap.SPLITS}
+            # Under the lock nobody else cuts a snapshot, so this is the id write_snapshot takes;
+            # knowing it first lets the manifest carry the final batch record and message.
+            summary.snapshot = snap.next_snapshot_id(cfg.snapshots_dir)
             summary.message = _message(summary, len(files))
-            record = {**summary.model_dump(mode="json"), "files_quarantined_sha256": quarantined_file_hashes}
             manifest = snap.write_snapshot(
                 cfg.snapshots_dir,
                 splits,
                 summary.files,
                 cfg.seed,
                 cfg.eval_fraction,
-                batch=record,
+                batch=summary.model_dump(mode="json"),
                 before_commit=before_commit,
             )
-            summary.snapshot = manifest.id
-            summary.message = _message(summary, len(files))
-            record = {**record, "snapshot": manifest.id, "message": summary.message}
+            if manifest.id != summary.snapshot:  # an invariant of the lock, not an input problem
+                raise AssertionError(
+                    f"snapshot id moved under the ingest lock: {manifest.id} != {summary.snapshot}"
+                )
         else:
             summary.message = _message(summary, len(files))
-            record = {**summary.model_dump(mode="json"), "files_quarantined_sha256": quarantined_file_hashes}
-        snap.write_json_atomic(cfg.ledger_dir / f"{batch}.json", record)
+        snap.write_json_atomic(cfg.ledger_dir / f"{batch}.json", summary.model_dump(mode="json"))
     return summary
 
 
