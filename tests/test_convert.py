@@ -122,6 +122,7 @@ def test_int8_is_static_qdq_smaller_with_a_calibration_manifest(converted):
     sample = sample_calibration_texts(_texts(80, seed=2), record["count"], record["seed"])
     assert record["count"] == 80 and record["seed"] == 13 and record["texts"] == sample
     assert record["sha256"] == texts_sha256(sample) and record["embedding_rows"] == 30522
+    assert isinstance(record["outlier_channels"], dict) and record["outlier_ratio"] == 4.0
     # Residual adds and shapes read the float activation; only MatMuls read a Q->DQ'd one.
     nodes = onnx.load(str(out / "model.int8.onnx")).graph.node
     quantized = {n.output[0] for n in nodes if n.op_type == "QuantizeLinear"}
@@ -148,6 +149,41 @@ def test_int8_matmuls_run_as_integer_kernels_in_onnx_runtime(converted, tmp_path
     # Tiny BERT: 2 layers x (Q, K, V, output, FFN in, FFN out) = 12 constant-weight MatMuls.
     assert ops["MatMulIntegerToFloat"] + ops["QLinearMatMul"] == 12, ops
     assert ops["DequantizeLinear"] == 0, ops
+
+
+def test_outlier_channels_are_those_far_above_the_median_peak():
+    from tuneloop.convert.graph_edits import pick_outlier_channels
+
+    peaks = np.array([1.0, 1.2, 0.9, 30.0, 1.1, 9.0, 1.0, 4.1])
+    # median 1.05 -> limit 4.2: channels 3 and 5, largest first; 4.1 stays in.
+    assert pick_outlier_channels(peaks, ratio=4.0) == [3, 5]
+    assert pick_outlier_channels(peaks, ratio=4.0, max_channels=1) == [3]
+    assert pick_outlier_channels(np.ones(16)) == []
+
+
+def test_prepared_matmul_inputs_compute_the_same_function_in_float(converted, tmp_path):
+    """Outlier split plus per-token scaling is an exact rewrite before anything is quantised."""
+    import onnx
+
+    from tuneloop.convert import OnnxClassifier
+    from tuneloop.convert.graph_edits import prepare_int8_matmul_inputs, weight_matmul_inputs
+
+    out, _ = converted
+    edited = tmp_path / "model.onnx"
+    shutil.copyfile(out / "model.onnx", edited)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "config.json"):
+        if (out / name).is_file():
+            shutil.copyfile(out / name, tmp_path / name)
+    inputs = weight_matmul_inputs(edited)
+    # Two outlier channels on every other input, none on the rest: both paths are exercised.
+    outliers = {name: [0, 7] if i % 2 == 0 else [] for i, name in enumerate(inputs)}
+    side = prepare_int8_matmul_inputs(edited, outliers, per_token=True)
+    assert len(side) == sum(len(readers) for i, readers in enumerate(inputs.values()) if i % 2 == 0)
+    onnx.checker.check_model(str(edited))
+    texts = _texts(12, seed=5) + [""]  # an empty text: [CLS] [SEP] and padding rows
+    before = OnnxClassifier(out / "model.onnx").predict_logits(texts, batch_size=8)
+    after = OnnxClassifier(edited).predict_logits(texts, batch_size=8)
+    np.testing.assert_allclose(after, before, atol=1e-5)
 
 
 def test_no_calibration_texts_falls_back_to_dynamic_int8(classifier_dir, eval_sets, tmp_path):
@@ -380,3 +416,6 @@ def test_real_minilm_converts_fused_small_and_in_parity(tmp_path):
     assert result.fusions["SkipLayerNormalization"] == 12
     assert result.artifacts["model.int8.onnx"].bytes <= 0.3 * result.artifacts["model.onnx"].bytes
     assert result.parity.sets["eval"].fp32_max_abs_logit_diff < 1e-3
+    # MiniLM's LayerNorm outputs carry channel 99 far above the rest: it must be split off.
+    record = json.loads((tmp_path / "out" / "calibration.json").read_text())
+    assert any(99 in channels for channels in record["outlier_channels"].values()), record["outlier_channels"]

@@ -12,11 +12,17 @@ argmax agreement of INT8 against fp32; see benchmarks/README.md):
   where a DequantizeLinear in front of the Gather would expand all 11.7 M entries on every call
   (ONNX Runtime does not constant-fold DequantizeLinear).
 * `keep_float_side_paths` and `activation_matmuls`: which tensors get Q/DQ (see each docstring).
+* `pick_outlier_channels` and `prepare_int8_matmul_inputs`: the few activation channels that would
+  set a tensor's one int8 scale are multiplied in float beside the int8 MatMul, and what is left is
+  scaled per token so that one static scale fits every token.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+import numpy as np
 
 WORD_EMBEDDINGS = "word_embeddings"
 
@@ -120,3 +126,144 @@ def activation_matmuls(model_path: Path) -> list[str]:
         for n in model.graph.node
         if n.op_type == "MatMul" and n.input[1] not in weights | produced_by_constant
     ]
+
+
+def weight_matmul_inputs(model_path: Path) -> dict[str, list[str]]:
+    """Activation tensor -> names of the MatMuls that multiply it by a constant weight."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    weights = {init.name for init in model.graph.initializer}
+    readers: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and node.input[1] in weights:
+            readers.setdefault(node.input[0], []).append(node.name)
+    return readers
+
+
+def pick_outlier_channels(channel_max: np.ndarray, ratio: float = 4.0, max_channels: int = 8) -> list[int]:
+    """Channels whose calibrated peak |x| exceeds `ratio` x the median channel's peak.
+
+    At most `max_channels`, largest first. On MiniLM (4.0, 8) picks 32 channels in 23 of the 36
+    weight-MatMul inputs; the side path that multiplies them in float costs ~1 ms of a 15 ms call.
+    """
+    peaks = np.asarray(channel_max, dtype=np.float64)
+    limit = ratio * float(np.median(peaks))
+    order = np.argsort(peaks)[::-1][:max_channels]
+    return [int(j) for j in order if peaks[j] > limit]
+
+
+def prepare_int8_matmul_inputs(
+    model_path: Path, outliers: Mapping[str, Sequence[int]], per_token: bool = True
+) -> list[str]:
+    """Rewrite in place so each int8 MatMul sees a well-scaled input; return the float side MatMuls.
+
+    Every constant-weight MatMul X @ W (X: [..., tokens, K]) becomes
+
+        r * ((X * mask / r) @ W)  +  X[..., O] @ W[O, :]
+        O: X's outlier channels (`outliers[X]`), mask: 0 on O and 1 elsewhere
+        r: per token, max |X * mask| over the channels (1 when `per_token` is False)
+
+    which is the same product in float (the tests check 1e-5). Only the middle MatMul is
+    quantised. Its input lies in [-1, 1] for every token, so one static scale fits all of them:
+    per-token dynamic quantisation written with static Q/DQ, which ORT still fuses into one int8
+    GEMM (MatMulIntegerToFloat); `r` costs a ReduceMax and two elementwise ops per input.
+
+    Why both, measured on all-MiniLM-L6-v2 (LoRA-tuned on BANKING77, 3,080 test texts):
+    * Outliers: channel 99 of layer 0's FFN input peaks at 28.4 while the median channel peaks at
+      1.9. One scale over +-28.4 gives a typical channel about 255 x 1.9 / 56.8 = 8 levels; with 3
+      channels moved to the float side path (|O| <= 8 rows, excluded from quantisation by the names
+      returned) the range is about +-7.5, 4x finer. Agreement 0.982 -> 0.990.
+    * Per token: [CLS] carries the tensor's range in its outlier channels and little elsewhere
+      (after the split its values peak at 0.36 in a +-6.8 tensor: under 14 levels), and other
+      tokens vary by 2x in range. Mean |logit diff| 0.071 -> 0.039. Without the split, per-token
+      scaling alone reached only 0.066: each token's own maximum is then its outlier channel.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(model_path))
+    graph = model.graph
+    inits = {init.name: init for init in graph.initializer}
+    wanted = {name: [int(c) for c in chans] for name, chans in outliers.items() if len(chans)}
+    if per_token:
+        graph.initializer.append(
+            numpy_helper.from_array(np.array(1e-6, dtype=np.float32), "int8_token_floor")
+        )
+    side_matmuls: list[str] = []
+    prepared: dict[str, tuple[str, str | None, str | None]] = {}  # X -> (int8 input, outliers, r)
+    out_nodes = []
+    for node in graph.node:
+        x = node.input[0] if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if x is None or node.input[1] not in inits or not (per_token or x in wanted):
+            out_nodes.append(node)
+            continue
+        chans = wanted.get(x, [])
+        base = x.strip("/").replace("/", "_")
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        if x not in prepared:
+            current, outlier_values, scale = x, None, None
+            if chans:
+                mask = np.ones(weight.shape[0], dtype=np.float32)
+                mask[chans] = 0.0
+                graph.initializer.extend(
+                    [
+                        numpy_helper.from_array(mask, f"{base}_inlier_mask"),
+                        numpy_helper.from_array(np.asarray(chans, dtype=np.int64), f"{base}_outlier_index"),
+                    ]
+                )
+                outlier_values = f"{base}_outliers"
+                out_nodes += [
+                    helper.make_node(
+                        "Mul", [x, f"{base}_inlier_mask"], [f"{base}_inliers"], name=f"{base}_inliers"
+                    ),
+                    helper.make_node(
+                        "Gather", [x, f"{base}_outlier_index"], [outlier_values], axis=-1, name=outlier_values
+                    ),
+                ]
+                current = f"{base}_inliers"
+            if per_token:
+                scale = f"{base}_token_max"
+                out_nodes += [
+                    helper.make_node("Abs", [current], [f"{base}_abs"], name=f"{base}_abs"),
+                    helper.make_node(
+                        "ReduceMax",
+                        [f"{base}_abs"],
+                        [f"{base}_peak"],
+                        axes=[-1],
+                        keepdims=1,
+                        name=f"{base}_peak",
+                    ),
+                    # A row of zeros (padding, a masked-out token) divides by the floor, not by 0.
+                    helper.make_node("Max", [f"{base}_peak", "int8_token_floor"], [scale], name=scale),
+                    helper.make_node(
+                        "Div", [current, scale], [f"{base}_per_token"], name=f"{base}_per_token"
+                    ),
+                ]
+                current = f"{base}_per_token"
+            prepared[x] = (current, outlier_values, scale)
+        current, outlier_values, scale = prepared[x]
+        y = node.output[0]
+        node.input[0], node.output[0] = current, f"{y}_int8"
+        out_nodes.append(node)
+        main = f"{y}_int8"
+        if scale is not None:
+            out_nodes.append(
+                helper.make_node("Mul", [main, scale], [f"{y}_rescaled"], name=f"{node.name}_rescale")
+            )
+            main = f"{y}_rescaled"
+        if outlier_values is None:
+            out_nodes.append(helper.make_node("Identity", [main], [y], name=f"{node.name}_out"))
+            continue
+        rows = f"{node.input[1]}_outlier_rows"
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight[chans, :]), rows))
+        side = f"{node.name}_outliers"
+        side_matmuls.append(side)
+        out_nodes += [
+            helper.make_node("MatMul", [outlier_values, rows], [f"{y}_outliers"], name=side),
+            helper.make_node("Add", [main, f"{y}_outliers"], [y], name=f"{node.name}_add_outliers"),
+        ]
+    del graph.node[:]
+    graph.node.extend(out_nodes)
+    onnx.save(model, str(model_path))
+    return side_matmuls
