@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from tuneloop.config import PROJECT_ROOT, load_settings
+from tuneloop.steps.convert import convert_step
 from tuneloop.steps.ingest import ingest_step
 from tuneloop.steps.release import promote_step
 from tuneloop.steps.round import approve_step, train_step
@@ -59,6 +60,14 @@ def test_minilm_learns_banking77_then_new_intents_without_forgetting(banking_dro
     assert round1["metrics"]["macro_f1"] >= ROUND1_MIN_MACRO_F1
     approve_step(settings, round1["version"], by="test")
     promote_step(settings, round1["version"], reason="first model", by="test")
+    # The real fine-tuned model through the real INT8 recipe, judged by the default policy's gates
+    # (agreement >= 0.995 and macro-F1 within 0.5 points on eval and golden).
+    conversion = convert_step(settings, round1["version"], tensorrt="off")
+    assert conversion["parity"]["passed"], conversion["parity"]["reasons"]
+    assert (
+        conversion["artifacts"]["model.int8.onnx"]["bytes"]
+        <= 0.3 * conversion["artifacts"]["model.onnx"]["bytes"]
+    )
 
     ingest_step(settings, [second])
     round2 = train_step(settings, progress=False)
@@ -69,5 +78,9 @@ def test_minilm_learns_banking77_then_new_intents_without_forgetting(banking_dro
     table = pd.read_csv(f"{folder}/per_label.csv")
     new = table[table["label"].isin(labels[FIRST:])]
     assert len(new) == SECOND
-    print(json.dumps({"round1": round1["metrics"], "round2": round2["metrics"]}))
+    print(
+        json.dumps(
+            {"round1": round1["metrics"], "round2": round2["metrics"], "int8": conversion["parity"]["sets"]}
+        )
+    )
     assert (new["f1_new"] >= NEW_INTENT_MIN_F1).all(), new
