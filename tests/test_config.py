@@ -48,3 +48,14 @@ def test_overrides_and_validation():
     assert load_settings(home=Path("/tmp/x")).home_dir == Path("/tmp/x")
     with pytest.raises(ValueError, match="eval_fraction"):
         load_settings(eval_fraction=1.5)
+    with pytest.raises(ValueError, match="int8_preset"):
+        load_settings(int8_preset="int4")
+
+
+def test_int8_preset_reaches_the_conversion_settings(monkeypatch):
+    from tuneloop.steps.convert import conversion_settings
+
+    monkeypatch.setenv("TUNELOOP_INT8_PRESET", "cpu7")
+    assert conversion_settings(load_settings()).preset == "cpu7"
+    monkeypatch.delenv("TUNELOOP_INT8_PRESET")
+    assert conversion_settings(load_settings()).preset == "cpu"

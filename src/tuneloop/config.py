@@ -114,6 +114,12 @@ class Settings(BaseSettings):
         0.3, ge=0, le=1, description="Replayed earlier rows as a share of the new rows."
     )
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda'.")
+    int8_preset: str = Field(
+        "cpu",
+        pattern="^(cpu|cpu7|tensorrt)$",
+        description="INT8 recipe for model.int8.onnx: 'cpu' (8-bit weights), 'cpu7' (7-bit weights: "
+        "no u8s8 saturation on pre-VNNI x86) or 'tensorrt' (symmetric int8). See convert/quantize.py.",
+    )
 
     @field_validator("lora_target_modules", "lora_modules_to_save", mode="before")
     @classmethod

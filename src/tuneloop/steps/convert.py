@@ -35,7 +35,10 @@ def conversion_settings(settings: Settings, tensorrt: str = "auto") -> Any:
     from tuneloop.convert.pipeline import ConversionSettings
 
     return ConversionSettings(
-        max_length=max(settings.max_length, 128), tensorrt=tensorrt, calibration_seed=settings.seed
+        max_length=max(settings.max_length, 128),
+        tensorrt=tensorrt,
+        calibration_seed=settings.seed,
+        preset=settings.int8_preset,
     )
 
 
