@@ -40,7 +40,7 @@ from tuneloop.convert.tensorrt import DEFAULT_PROFILE, EngineResult, build_engin
 MANIFEST = "conversion.json"
 # Part of the idempotency key: bump when a change here or in the steps changes what gets written,
 # so outputs of an older converter are rebuilt rather than reused.
-CONVERTER_VERSION = 3
+CONVERTER_VERSION = 4
 SUPPORT_FILES = (
     "config.json",
     "vocab.txt",
