@@ -145,8 +145,8 @@ def pick_outlier_channels(channel_max: np.ndarray, ratio: float, max_channels: i
     """Channels whose calibrated peak |x| exceeds `ratio` x the median channel's peak.
 
     At most `max_channels`, largest first. On a LoRA-tuned MiniLM, (2.5, 16) picks 149 channels
-    over the 24 distinct weight-MatMul inputs; the float side path that multiplies them costs about
-    1 ms of a 16 ms call (batch 1, 128 tokens; the quantize.py constants give the trade-off).
+    over the 24 distinct weight-MatMul inputs, and (4, 8) picks 32; the INT8 model with 149 took
+    16.0 ms against 15.5 ms (batch 1, 128 tokens; the quantize.py constants give the trade-off).
     """
     peaks = np.asarray(channel_max, dtype=np.float64)
     limit = ratio * float(np.median(peaks))
