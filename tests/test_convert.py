@@ -131,6 +131,9 @@ def test_int8_is_static_qdq_smaller_with_a_calibration_manifest(converted):
     }
     readers = {n.op_type for n in nodes for name in n.input if name in activation_dq}
     assert activation_dq and readers == {"MatMul"}
+    # Every quantised activation is a per-token scaled one (prepare_int8_matmul_inputs).
+    producer = {out: n for n in nodes for out in n.output}
+    assert {producer[n.input[0]].op_type for n in nodes if n.op_type == "QuantizeLinear"} == {"Div"}
 
 
 def test_int8_matmuls_run_as_integer_kernels_in_onnx_runtime(converted, tmp_path):
