@@ -245,16 +245,15 @@ def prepare_int8_matmul_inputs(
             prepared[x] = (current, outlier_values, scale)
         current, outlier_values, scale = prepared[x]
         y = node.output[0]
-        node.input[0], node.output[0] = current, f"{y}_int8"
+        # Each step writes `y` itself when it is the last one, so the graph gains no Identity nodes.
+        main = y if scale is None and outlier_values is None else f"{y}_int8"
+        node.input[0], node.output[0] = current, main
         out_nodes.append(node)
-        main = f"{y}_int8"
         if scale is not None:
-            out_nodes.append(
-                helper.make_node("Mul", [main, scale], [f"{y}_rescaled"], name=f"{node.name}_rescale")
-            )
-            main = f"{y}_rescaled"
+            rescaled = y if outlier_values is None else f"{y}_rescaled"
+            out_nodes.append(helper.make_node("Mul", [main, scale], [rescaled], name=f"{node.name}_rescale"))
+            main = rescaled
         if outlier_values is None:
-            out_nodes.append(helper.make_node("Identity", [main], [y], name=f"{node.name}_out"))
             continue
         rows = f"{node.input[1]}_outlier_rows"
         graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight[chans, :]), rows))
