@@ -49,6 +49,17 @@ def test_balanced_with_scarce_label_and_every_label_present() -> None:
     assert small.max() - small.min() <= 1
 
 
+def test_every_known_label_is_replayed_even_for_a_small_drift_batch() -> None:
+    # 77 labels of history, a drift batch of 10 new rows: 0.3 x 10 = 3 rows would rehearse 3 labels.
+    many = make_history({f"intent_{i:02d}": 6 for i in range(77)})
+    picked = select_replay(many, n_new_rows=10, fraction=0.3, seed=1)
+    assert len(picked) == 77 and picked["label"].nunique() == 77
+    # Above the number of labels the fraction rules as before; 0 still means no replay.
+    assert len(select_replay(many, n_new_rows=400, fraction=0.3, seed=1)) == 120
+    assert select_replay(many, n_new_rows=10, fraction=0.0, seed=1).empty
+    assert len(select_replay(many, n_new_rows=10, fraction=0.3, seed=1, cover_labels=False)) == 3
+
+
 def test_seeded_and_independent_of_row_order() -> None:
     first = select_replay(HISTORY, 100, 0.3, seed=7)
     shuffled = HISTORY.sample(frac=1.0, random_state=3)

@@ -26,16 +26,26 @@ def replay_budget(n_new_rows: int, fraction: float) -> int:
     return int(math.floor(fraction * n_new_rows + 0.5))
 
 
-def select_replay(history: pd.DataFrame, n_new_rows: int, fraction: float, seed: int) -> pd.DataFrame:
+def select_replay(
+    history: pd.DataFrame, n_new_rows: int, fraction: float, seed: int, *, cover_labels: bool = True
+) -> pd.DataFrame:
     """A seeded sample of `history`, balanced across labels, of round(fraction * n_new_rows) rows.
 
     The size is capped by what `history` holds. Labels share the budget as evenly as their row counts
     allow (water-filling: a label with fewer rows than its share gives the rest to the others), so
-    every label gets at least one row whenever the budget is at least the number of labels. The
-    result does not depend on the order of `history`'s rows: rows are ordered by (snapshot, key) first.
+    every label gets at least one row whenever the budget is at least the number of labels.
+    `cover_labels` (the default) raises the budget to the number of labels in `history` when the
+    fraction gives fewer rows: 77 known labels and a drift batch of 10 new rows at 0.3 would replay
+    3 rows, so 74 labels would get no rehearsal at all, and a round whose early-stopping or golden set
+    holds them could not be judged fairly; covering them costs 77 rows. A fraction of 0 still turns
+    replay off. The result does not depend on the order of `history`'s rows: rows are ordered by
+    (snapshot, key) first.
     """
     _check_columns(history)
-    budget = min(replay_budget(n_new_rows, fraction), len(history))
+    budget = replay_budget(n_new_rows, fraction)
+    if cover_labels and fraction > 0:
+        budget = max(budget, int(history["label"].nunique()))
+    budget = min(budget, len(history))
     if budget == 0:
         return history.iloc[0:0].copy()
     rng = np.random.default_rng(seed)
