@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections import Counter
@@ -35,6 +36,7 @@ from tuneloop.data.validate import CleanRow
 SPLITS = ("train", "eval", "golden")
 COLUMNS = ["text", "label", "source", "line", "key"]
 TMP_PREFIX = ".tmp-"
+_ID = re.compile(r"snap-(\d{4,})")
 
 
 class SourceFile(BaseModel):
@@ -61,16 +63,42 @@ class Manifest(BaseModel):
     batch: dict[str, Any] = Field(default_factory=dict, description="the ingest summary of this batch")
 
 
+def snapshot_number(snapshot_id: str) -> int:
+    """The number in a snapshot id: `snap-0042` -> 42. Ids are ordered by it, never as text.
+
+    Ids are zero-padded to four digits and grow a fifth past 9999, so as text `snap-10000` would
+    sort before `snap-9999`.
+    """
+    match = _ID.fullmatch(snapshot_id)
+    if match is None:
+        raise ValueError(f"{snapshot_id!r} is not a snapshot id (snap-NNNN)")
+    return int(match.group(1))
+
+
 def snapshot_ids(snapshots_dir: Path) -> list[str]:
-    """Committed snapshot ids, oldest first (temporary folders are invisible)."""
+    """Committed snapshot ids, oldest first by number (temporary folders are invisible).
+
+    A folder named `snap-...` that is not a snapshot id is an error, not something to skip: only
+    ingest writes here, so a stray one means someone edited the store by hand.
+    """
     if not snapshots_dir.is_dir():
         return []
-    return sorted(p.name for p in snapshots_dir.iterdir() if p.is_dir() and p.name.startswith("snap-"))
+    names = [p.name for p in snapshots_dir.iterdir() if p.is_dir() and p.name.startswith("snap-")]
+    for name in names:
+        if _ID.fullmatch(name) is None:
+            raise ValueError(f"{snapshots_dir / name} is not a snapshot folder (snap-NNNN); move it away")
+    return sorted(names, key=snapshot_number)
+
+
+def snapshots_before(snapshots_dir: Path, snapshot_id: str) -> list[str]:
+    """Committed snapshot ids older than `snapshot_id`, oldest first (numeric order)."""
+    number = snapshot_number(snapshot_id)
+    return [sid for sid in snapshot_ids(snapshots_dir) if snapshot_number(sid) < number]
 
 
 def next_snapshot_id(snapshots_dir: Path) -> str:
     ids = snapshot_ids(snapshots_dir)
-    last = int(ids[-1].split("-")[1]) if ids else 0
+    last = snapshot_number(ids[-1]) if ids else 0
     return f"snap-{last + 1:04d}"
 
 
@@ -90,13 +118,19 @@ def load_split(snapshots_dir: Path, snapshot_id: str, split: str) -> pd.DataFram
 
 
 def load_all(snapshots_dir: Path, split: str, upto: str | None = None) -> pd.DataFrame:
-    """A split concatenated over snapshots, oldest first, up to and including `upto`."""
+    """A split concatenated over snapshots, oldest first, up to and including `upto`.
+
+    `upto` must be a committed snapshot: an unknown id raises rather than quietly loading them all.
+    """
+    ids = snapshot_ids(snapshots_dir)
+    if upto is not None:
+        if upto not in ids:
+            known = ", ".join(ids) or "none"
+            raise FileNotFoundError(f"no snapshot {upto!r} under {snapshots_dir} (known: {known})")
+        ids = [sid for sid in ids if snapshot_number(sid) <= snapshot_number(upto)]
     frames = []
-    for sid in snapshot_ids(snapshots_dir):
-        frame = load_split(snapshots_dir, sid, split)
-        frames.append(frame.assign(snapshot=sid))
-        if sid == upto:
-            break
+    for sid in ids:
+        frames.append(load_split(snapshots_dir, sid, split).assign(snapshot=sid))
     if not frames:
         return pd.DataFrame(columns=[*COLUMNS, "snapshot"])
     return pd.concat(frames, ignore_index=True)
