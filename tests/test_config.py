@@ -52,6 +52,16 @@ def test_overrides_and_validation():
         load_settings(int8_preset="int4")
 
 
+def test_int8_preset_names_are_the_conversion_recipes():
+    # config.py keeps the names as data so it imports no stage; the recipes live in convert.quantize.
+    from tuneloop.config import INT8_PRESETS
+    from tuneloop.convert.quantize import PRESETS
+
+    assert sorted(INT8_PRESETS) == sorted(PRESETS)
+    for name in PRESETS:
+        assert load_settings(int8_preset=name).int8_preset == name
+
+
 def test_int8_preset_reaches_the_conversion_settings(monkeypatch):
     from tuneloop.steps.convert import conversion_settings
 

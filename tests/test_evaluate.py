@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -12,7 +13,14 @@ from pathlib import Path
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from tuneloop.evaluate import EvalReport, backward_transfer, build_report, decide_gates, score
+from tuneloop.evaluate import (
+    EvalReport,
+    GateThresholds,
+    backward_transfer,
+    build_report,
+    decide_gates,
+    score,
+)
 from tuneloop.evaluate.metrics import METRICS_DIR
 from tuneloop.evaluate.plots import (
     backward_transfer_figure,
@@ -276,6 +284,27 @@ def test_default_policy_refuses_a_model_trained_on_shuffled_labels(with_champion
     floor = next(c for c in decision.checks if c.name == "new_macro_f1")
     assert not floor.passed and floor.value is not None and floor.value < 0.3
     assert any(r.startswith("new-data macro-F1") and "below the minimum 0.700" in r for r in decision.reasons)
+
+
+@dataclasses.dataclass(frozen=True)
+class _PlainThresholds:
+    """The gate numbers without the registry's pydantic model: the gates need only their shape."""
+
+    min_macro_f1: float = POLICY.min_macro_f1
+    min_union_macro_f1: float = POLICY.min_union_macro_f1
+    max_golden_regression_points: float = POLICY.max_golden_regression_points
+    max_per_label_drop_points: float = POLICY.max_per_label_drop_points
+    min_label_support: int = POLICY.min_label_support
+
+
+def test_gates_take_plain_thresholds_and_the_registry_policy_alike() -> None:
+    # The evaluate stage does not import the registry; `decide_gates(c, b, policy.gates)` still works.
+    golden = _truth(GOLDEN_PER_LABEL)
+    candidate = _report(_truth(NEW_PER_LABEL), _with_errors(golden, {10: "intent_3", 11: "intent_3"}))
+    plain: GateThresholds = _PlainThresholds()
+    from_plain = decide_gates(candidate, _champion(), plain)
+    from_policy = decide_gates(candidate, _champion(), POLICY)
+    assert from_plain == from_policy and not from_plain.passed
 
 
 def test_a_missing_set_fails_closed() -> None:

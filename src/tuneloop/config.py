@@ -33,6 +33,10 @@ from pydantic_settings import (
 # The repository root when running from a checkout; used to find the bundled policy files.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
+# Names of the INT8 recipes in tuneloop.convert.quantize.PRESETS, kept here as data: every stage
+# imports this module, so it imports no stage (tests/test_config.py checks the two lists agree).
+INT8_PRESETS = ("cpu", "cpu7", "tensorrt")
+
 
 def _config_file() -> Path | None:
     explicit = os.environ.get("TUNELOOP_CONFIG")
@@ -123,11 +127,8 @@ class Settings(BaseSettings):
     @field_validator("int8_preset")
     @classmethod
     def _known_preset(cls, value: str) -> str:
-        # The presets live with the recipe; imported here only when a preset is set (numpy, ~0.1 s).
-        from tuneloop.convert.quantize import PRESETS
-
-        if value not in PRESETS:
-            raise ValueError(f"unknown INT8 preset {value!r}; choose one of {sorted(PRESETS)}")
+        if value not in INT8_PRESETS:
+            raise ValueError(f"unknown INT8 preset {value!r}; choose one of {sorted(INT8_PRESETS)}")
         return value
 
     @field_validator("lora_target_modules", "lora_modules_to_save", mode="before")

@@ -5,7 +5,7 @@ Importing this package is cheap: Hugging Face `evaluate` (about 5 s to import) l
 as a `predict_fn(texts) -> labels`.
 """
 
-from tuneloop.evaluate.gates import GateCheck, GateDecision, decide_gates
+from tuneloop.evaluate.gates import GateCheck, GateDecision, GateThresholds, decide_gates
 from tuneloop.evaluate.metrics import LabelScores, Scores, load_metric, score
 from tuneloop.evaluate.report import BackwardTransfer, EvalReport, backward_transfer, build_report
 
@@ -14,6 +14,7 @@ __all__ = [
     "EvalReport",
     "GateCheck",
     "GateDecision",
+    "GateThresholds",
     "LabelScores",
     "Scores",
     "backward_transfer",

@@ -1,8 +1,9 @@
 """Evaluation gates: may this candidate be promoted, given the champion and the policy?
 
-A pure function over plain data (two EvalReports and a GatePolicy); the registry adapter turns the
-decision into version tags. Gates fail closed: a set the check needs but the report lacks is a
-failed check, never a skipped one.
+A pure function over plain data (two EvalReports and the gate thresholds); the registry adapter turns
+the decision into version tags. The thresholds come in as any object with the five numbers of
+`GateThresholds` (the registry's `GatePolicy` is one), so this stage never imports the registry.
+Gates fail closed: a set the check needs but the report lacks is a failed check, never a skipped one.
 
 The candidate and the champion should be scored on the same golden set in the same run (re-scoring
 the champion costs one pass over a few hundred rows); comparing against scores stored when the
@@ -11,15 +12,31 @@ champion was trained breaks as soon as the golden set gains a new label's rows.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from tuneloop.evaluate.metrics import Scores
 from tuneloop.evaluate.report import BackwardTransfer, EvalReport, backward_transfer
-from tuneloop.registry.policy import GatePolicy
 
 # Float slack when comparing against a threshold: 0.90 - 0.88 is 2.0000000000000018 points, and a
 # drop of exactly the allowed maximum should pass.
 _EPS = 1e-9
+
+
+class GateThresholds(Protocol):
+    """The numbers the gates need (read-only): what `registry.policy.GatePolicy` holds, by shape."""
+
+    @property
+    def min_macro_f1(self) -> float: ...
+    @property
+    def min_union_macro_f1(self) -> float: ...
+    @property
+    def max_golden_regression_points(self) -> float: ...
+    @property
+    def max_per_label_drop_points(self) -> float: ...
+    @property
+    def min_label_support(self) -> int: ...
 
 
 class GateCheck(BaseModel):
@@ -77,7 +94,7 @@ def _check_floor(name: str, what: str, scores: Scores | None, minimum: float) ->
     return GateCheck(name=name, value=value, threshold=minimum, passed=passed, detail=detail)
 
 
-def _check_regression(candidate: EvalReport, champion: EvalReport, policy: GatePolicy) -> GateCheck:
+def _check_regression(candidate: EvalReport, champion: EvalReport, policy: GateThresholds) -> GateCheck:
     name, limit = "golden_macro_f1_regression", policy.max_golden_regression_points
     cand, champ = candidate.golden, champion.golden
     if cand is None or champ is None:
@@ -115,7 +132,7 @@ def _check_regression(candidate: EvalReport, champion: EvalReport, policy: GateP
 
 
 def _check_per_label(
-    candidate: EvalReport, champion: EvalReport, policy: GatePolicy
+    candidate: EvalReport, champion: EvalReport, policy: GateThresholds
 ) -> tuple[GateCheck, list[str], BackwardTransfer | None]:
     name, limit = "golden_per_label_drop", policy.max_per_label_drop_points
     if candidate.golden is None or champion.golden is None:
@@ -154,7 +171,7 @@ def _check_per_label(
     return check, reasons, transfer
 
 
-def decide_gates(candidate: EvalReport, champion: EvalReport | None, policy: GatePolicy) -> GateDecision:
+def decide_gates(candidate: EvalReport, champion: EvalReport | None, policy: GateThresholds) -> GateDecision:
     """Run every gate on the candidate's report and return the verdict with reasons and figures.
 
     Always: macro-F1 floors on the `new` and `union` sets (these refuse a model trained on shuffled
