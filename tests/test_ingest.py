@@ -265,7 +265,7 @@ def test_other_formats_and_whole_file_quarantine(home: Path, tmp_path: Path) -> 
     notes = tmp_path / "notes.txt"
     notes.write_text("passed explicitly")
 
-    cfg = IngestConfig(home=home)
+    cfg = IngestConfig(home=home, settle_seconds=0)  # files just written: read them now
     summary = ingest([inbox, notes], cfg)
     assert_balanced(summary)
     per_file = {Path(f.path).name: f for f in summary.files}
@@ -290,17 +290,25 @@ def test_other_formats_and_whole_file_quarantine(home: Path, tmp_path: Path) -> 
     whole = {Path(q.path).name: q.reason for q in summary.files_quarantined}
     assert whole == {"c.csv": "wrong_columns", "d.parquet": "unreadable", "notes.txt": "unsupported_format"}
     kept = home / "quarantine" / "files" / summary.batch
-    assert (kept / "c.csv").read_bytes() == (inbox / "c.csv").read_bytes()
-    assert (kept / "c.csv.reason.txt").read_text().startswith("wrong_columns: expected columns 'text'")
-    assert (kept / "d.parquet.reason.txt").read_text().startswith("unreadable:")
+    c_copy = kept / f"{file_sha256(inbox / 'c.csv')[:16]}-c.csv"
+    assert c_copy.read_bytes() == (inbox / "c.csv").read_bytes()
+    assert (
+        c_copy.with_name(c_copy.name + ".reason.txt")
+        .read_text()
+        .startswith("wrong_columns: expected columns 'text'")
+    )
+    d_reason = kept / f"{file_sha256(inbox / 'd.parquet')[:16]}-d.parquet.reason.txt"
+    assert d_reason.read_text().startswith("unreadable:")
 
-    # A corrupt file fails the same way again, so it is skipped; a file with the wrong columns is
-    # read again once the mapping is fixed.
+    # A corrupt file fails the same way again, so it is reported as quarantined already; a file with
+    # the wrong columns is read again once the mapping is fixed.
     second = ingest(
         [inbox / "d.parquet", inbox / "c.csv"],
         IngestConfig(home=home, text_column="utterance", label_column="intent"),
     )
-    assert second.skipped_files == [str(inbox / "d.parquet")]
+    already = [(Path(q.path).name, q.reason) for q in second.already_quarantined]
+    assert already == [("d.parquet", "unreadable")]
+    assert (second.skipped_files, second.files_quarantined) == ([], [])
     assert (second.rows, second.accepted) == (1, 1)
 
 

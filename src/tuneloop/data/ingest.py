@@ -5,21 +5,27 @@ Every row read ends in exactly one of three places, so `accepted + duplicates + 
 - duplicates: the same (normalised text, label) as a row earlier in this batch or in any earlier
   snapshot; counted and listed in the batch record, not stored twice;
 - quarantined: written to `quarantine/<batch>.csv` with source file, line, reason and detail.
-A file that cannot be read or whose columns do not match is copied whole to
-`quarantine/files/<batch>/` with a `.reason.txt` beside it, and reported under `files_quarantined`.
+A file that cannot be read, whose columns do not match, or that is a symbolic link is quarantined
+whole (`quarantine.py`): reported under `files_quarantined` once per content, and under
+`already_quarantined` when a later poll finds the same bytes again.
+
+Which files are read (the landing convention, `landing.py`): in-flight names (`.*`, `*.tmp`,
+`*.part`) never; a file found in a folder only once it has been still for `settle_seconds`; each
+file once, hashing and parsing the same bytes. A file not read yet is listed under `waiting` and
+picked up by a later poll.
 
 Crash safety: the commit point is the atomic rename of the snapshot folder (see `snapshot.py`); the
 batch record in `ledger/` is written after it and rebuilt from the manifest if a kill falls between
 the two. Files already ingested are recognised by content hash (ledger and manifests) and skipped.
+A committed snapshot's MLflow lineage is pending until `ledger/lineage/<snapshot>.json` records its
+run, so a commit with no lineage yet is pending by construction, with no window in which a kill
+could lose the fact (`lineage_pending`, `mark_lineage_logged`; `steps/ingest.py` logs them).
 An exclusive lock on `<home>/ingest.lock` keeps two ingests from cutting snapshots at once.
 """
 
 from __future__ import annotations
 
-import csv
 import fcntl
-import os
-import shutil
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -32,7 +38,15 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from tuneloop.data import snapshot as snap
-from tuneloop.data.readers import FileRead, find_input_files, read_file
+from tuneloop.data.landing import Inputs, find_inputs
+from tuneloop.data.quarantine import (
+    earlier_quarantine,
+    keep_whole_file,
+    link_identity,
+    quarantined_before,
+    write_quarantine_report,
+)
+from tuneloop.data.readers import read_file
 from tuneloop.data.validate import CleanRow, Rules, check_record
 
 
@@ -48,6 +62,10 @@ class IngestConfig:
     eval_fraction: float = 0.2
     golden_per_label: int = 5
     seed: int = 13
+    # A file found in a folder is read once unmodified for this long: a writer that writes in
+    # place (no rename) pauses between writes far less than 2 s, and a poll every minute or so
+    # loses at most one poll to the wait. Tests set 0.
+    settle_seconds: float = 2.0
 
     @property
     def snapshots_dir(self) -> Path:
@@ -65,11 +83,20 @@ class IngestConfig:
     def landing_dir(self) -> Path:
         return self.home / "landing"
 
+    @property
+    def lineage_dir(self) -> Path:
+        return self.ledger_dir / "lineage"
+
 
 class FileQuarantine(BaseModel):
     path: str
     reason: str
     detail: str
+
+
+class FileWaiting(BaseModel):
+    path: str
+    detail: str = Field(description="why it was not read on this poll")
 
 
 class IngestSummary(BaseModel):
@@ -85,6 +112,13 @@ class IngestSummary(BaseModel):
     files: list[snap.SourceFile] = Field(default_factory=list)
     skipped_files: list[str] = Field(default_factory=list, description="already ingested (same hash)")
     files_quarantined: list[FileQuarantine] = Field(default_factory=list)
+    already_quarantined: list[FileQuarantine] = Field(
+        default_factory=list,
+        description="quarantined whole by an earlier batch (same hash): not copied again",
+    )
+    waiting: list[FileWaiting] = Field(
+        default_factory=list, description="still being written: left in place for a later poll"
+    )
     quarantine_report: str | None = None
     split: dict[str, int] = Field(default_factory=dict)
     message: str = ""
@@ -128,19 +162,26 @@ def _recover_ledger(cfg: IngestConfig) -> None:
                 snap.write_json_atomic(cfg.ledger_dir / f"{batch['batch']}.json", batch)
 
 
-def known_file_hashes(cfg: IngestConfig) -> set[str]:
-    """Hashes of files already ingested, including files quarantined whole (they fail the same way).
-
-    Not a file quarantined for `wrong_columns`: read again with a corrected column mapping it is
-    new input, and skipping it would leave no way to ingest it. (`files` lists every file a batch
-    read, whole-quarantined ones with their `error`.)
-    """
+def known_file_hashes(records: list[dict[str, Any]]) -> set[str]:
+    """Hashes of files already ingested (read, not quarantined whole) according to the ledger."""
     return {
-        f["sha256"]
-        for r in ledger_records(cfg)
-        for f in r.get("files", [])
-        if f.get("sha256") and f.get("error") != "wrong_columns"
+        f["sha256"] for r in records for f in r.get("files", []) if f.get("sha256") and not f.get("error")
     }
+
+
+def lineage_pending(cfg: IngestConfig) -> list[str]:
+    """Committed snapshots whose MLflow lineage is not recorded as logged yet, oldest first."""
+    return [
+        sid for sid in snap.snapshot_ids(cfg.snapshots_dir) if not (cfg.lineage_dir / f"{sid}.json").is_file()
+    ]
+
+
+def mark_lineage_logged(cfg: IngestConfig, snapshot_id: str, run_id: str) -> None:
+    """Record that `snapshot_id`'s lineage is in MLflow run `run_id` (call only once the run exists)."""
+    snap.write_json_atomic(
+        cfg.lineage_dir / f"{snapshot_id}.json",
+        {"snapshot": snapshot_id, "mlflow_run_id": run_id, "logged_at": datetime.now(UTC).isoformat()},
+    )
 
 
 def _existing_keys(cfg: IngestConfig) -> tuple[set[str], dict[str, str]]:
@@ -155,31 +196,18 @@ def _existing_keys(cfg: IngestConfig) -> tuple[set[str], dict[str, str]]:
     return keys, labels_by_text
 
 
-def _write_quarantine_report(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{snap.TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
-    with tmp.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["source", "line", "reason", "detail", "label", "text"])
-        writer.writeheader()
-        writer.writerows(rows)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _quarantine_file(cfg: IngestConfig, batch: str, read: FileRead) -> FileQuarantine:
-    target_dir = cfg.quarantine_dir / "files" / batch
-    target_dir.mkdir(parents=True, exist_ok=True)
-    target = target_dir / read.path.name
-    shutil.copy2(read.path, target)
-    target.with_name(target.name + ".reason.txt").write_text(
-        f"{read.error}: {read.detail}\nsource: {read.path}\nsha256: {read.sha256}\n", encoding="utf-8"
-    )
-    return FileQuarantine(path=str(read.path), reason=read.error or "unreadable", detail=read.detail)
-
-
 def resolve_inputs(paths: list[Path], cfg: IngestConfig) -> list[Path]:
-    """Paths as given, or the landing folder when none are; a missing path is the caller's error."""
+    """Paths as given, or the landing folder when none are.
+
+    A missing path, or a path that is a symbolic link (it would make ingest read whatever the
+    link points at), is the caller's error.
+    """
+    links = [str(p) for p in paths if p.is_symlink()]
+    if links:
+        raise IngestError(
+            f"refusing symbolic link(s): {', '.join(links)}; ingest never follows links. "
+            "Pass the file or folder itself."
+        )
     if not paths:
         if not cfg.landing_dir.is_dir():
             raise IngestError(
@@ -198,14 +226,16 @@ def ingest(
     cfg: IngestConfig,
     progress: Callable[[str, int, int], None] | None = None,
     before_commit: Callable[[Path], None] | None = None,
+    file_written: Callable[[Path], None] | None = None,
 ) -> IngestSummary:
     """Validate, de-duplicate and snapshot the given files (or the landing folder).
 
-    `progress(stage, done, total)` is called as files are read; `before_commit` is a test seam
-    called with the temporary snapshot folder just before it is renamed into place.
+    `progress(stage, done, total)` is called as files are read. Test seams: `before_commit` is
+    called with the temporary snapshot folder just before it is renamed into place, `file_written`
+    with each file written into it.
     """
-    inputs = resolve_inputs(paths, cfg)
-    files, unsupported = find_input_files(inputs)
+    found = find_inputs(resolve_inputs(paths, cfg))
+    files = found.files
     batch = f"batch-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     summary = IngestSummary(batch=batch)
     rules = Rules(cfg.max_text_chars, cfg.label_pattern)
@@ -216,38 +246,68 @@ def ingest(
         snap.remove_stale_temporaries(cfg.quarantine_dir)
         snap.remove_stale_temporaries(cfg.ledger_dir)
         _recover_ledger(cfg)
-        seen_hashes = known_file_hashes(cfg)
+        records = ledger_records(cfg)
+        seen_hashes = known_file_hashes(records)
+        quarantined = quarantined_before(records)
         existing_keys, existing_labels = _existing_keys(cfg)
 
         quarantine_rows: list[dict[str, Any]] = []
         reasons: Counter[str] = Counter()
         accepted: list[CleanRow] = []
         batch_keys: set[str] = set()
+        columns = [cfg.text_column, cfg.label_column]
+        _note_unread(summary, found)
 
-        for path in unsupported:
-            summary.files_quarantined.append(
-                FileQuarantine(
-                    path=str(path),
-                    reason="unsupported_format",
-                    detail=f"{path.suffix!r} is not .csv, .jsonl or .parquet",
-                )
+        def quarantine_whole(source: snap.SourceFile, content: bytes | None) -> None:
+            """Quarantine a whole file, or report it as quarantined already (same bytes, same verdict)."""
+            # No hash: the file could not even be opened; nothing to recognise it by next time.
+            earlier = (
+                earlier_quarantine(quarantined.get(source.sha256, []), columns) if source.sha256 else None
             )
+            if source.sha256:
+                seen_hashes.add(source.sha256)
+            if earlier is not None:
+                summary.already_quarantined.append(
+                    FileQuarantine(path=source.path, reason=earlier.error or "", detail=earlier.detail)
+                )
+                return
+            summary.files.append(source)
+            keep_whole_file(cfg.quarantine_dir, batch, source, content)
+            summary.files_quarantined.append(
+                FileQuarantine(path=source.path, reason=source.error or "", detail=source.detail)
+            )
+
+        for link in found.symlinks:
+            target = link.readlink()
+            detail = f"a symbolic link (to {target}); links are never followed"
+            source = snap.SourceFile(
+                path=str(link), sha256=link_identity(link), error="symlink", detail=detail
+            )
+            quarantine_whole(source, None)
 
         # Pass 1: read and validate; group valid rows by text to find conflicts within the batch.
         candidates: list[tuple[snap.SourceFile, CleanRow]] = []
         for index, path in enumerate(files, start=1):
             if progress:
                 progress("read", index, len(files))
-            read = read_file(path, cfg.text_column, cfg.label_column)
-            if read.sha256 in seen_hashes:
+            settle = cfg.settle_seconds if path in found.found_in_folders else 0.0
+            read = read_file(path, cfg.text_column, cfg.label_column, settle_seconds=settle)
+            if read.waiting:
+                summary.waiting.append(FileWaiting(path=str(path), detail=read.waiting))
+                continue
+            if read.error == "symlink":  # swapped in for the file after the folder was listed
+                read.sha256 = link_identity(path)  # never read: O_NOFOLLOW refused to open it
+            if read.sha256 and read.sha256 in seen_hashes:
                 summary.skipped_files.append(str(path))
                 continue
-            seen_hashes.add(read.sha256)
-            source = snap.SourceFile(path=str(path), sha256=read.sha256, error=read.error)
-            summary.files.append(source)
+            source = snap.SourceFile(
+                path=str(path), sha256=read.sha256, error=read.error, detail=read.detail, columns=columns
+            )
             if read.error:
-                summary.files_quarantined.append(_quarantine_file(cfg, batch, read))
+                quarantine_whole(source, read.content)
                 continue
+            seen_hashes.add(read.sha256)
+            summary.files.append(source)
             for raw in read.records:
                 source.rows += 1
                 result = check_record(raw, rules, label_re)
@@ -310,7 +370,7 @@ def ingest(
 
         if quarantine_rows:
             report = cfg.quarantine_dir / f"{batch}.csv"
-            _write_quarantine_report(report, quarantine_rows)
+            write_quarantine_report(report, quarantine_rows)
             summary.quarantine_report = str(report)
 
         golden_labels = set(snap.load_golden(cfg.snapshots_dir)["label"])
@@ -331,6 +391,7 @@ def ingest(
                 cfg.eval_fraction,
                 batch=summary.model_dump(mode="json"),
                 before_commit=before_commit,
+                file_written=file_written,
             )
             if manifest.id != summary.snapshot:  # an invariant of the lock, not an input problem
                 raise AssertionError(
@@ -342,6 +403,24 @@ def ingest(
     return summary
 
 
+def _note_unread(summary: IngestSummary, found: Inputs) -> None:
+    """Named files ingest will not read: another format (quarantined), or an in-flight name (waiting)."""
+    for path in found.unsupported:
+        summary.files_quarantined.append(
+            FileQuarantine(
+                path=str(path),
+                reason="unsupported_format",
+                detail=f"{path.suffix!r} is not .csv, .jsonl or .parquet",
+            )
+        )
+    for path in found.in_flight:
+        summary.waiting.append(
+            FileWaiting(
+                path=str(path), detail="an in-flight name (.*, *.tmp, *.part): rename it when it is complete"
+            )
+        )
+
+
 def _message(s: IngestSummary, n_files: int) -> str:
     parts = [
         f"{s.rows} rows read from {len(s.files)} new file(s)",
@@ -351,6 +430,10 @@ def _message(s: IngestSummary, n_files: int) -> str:
         parts.append(f"{len(s.skipped_files)} file(s) already ingested, skipped")
     if s.files_quarantined:
         parts.append(f"{len(s.files_quarantined)} file(s) quarantined whole")
+    if s.already_quarantined:
+        parts.append(f"{len(s.already_quarantined)} file(s) already quarantined, not copied again")
+    if s.waiting:
+        parts.append(f"{len(s.waiting)} file(s) waiting: still being written, read on a later poll")
     if s.snapshot:
         parts.append(f"snapshot {s.snapshot} cut")
     elif s.accepted == 0:

@@ -5,18 +5,30 @@ read. A record whose bytes are not valid UTF-8 is still returned, with `problem=
 is quarantined with its line number rather than taking the whole file down with it. A file that can
 not be parsed at all, or whose columns do not match, comes back as a `FileRead` with `error` set and
 goes to quarantine whole.
+
+Each file is read once: its sha256 and its rows come from the same bytes, so the hash in the ledger
+is the hash of exactly what was ingested. A file whose size or modification time changes while it is
+read, or that is younger than the settle window, is not judged at all: it comes back `waiting` and
+is read on a later poll (the landing convention is in `landing.py`).
+
+CSV is all text. In JSONL and Parquet a value in the text or label column that is not a string (a
+number, a boolean, a list, an object) means the producer is broken: such a row is quarantined as
+`wrong_type` rather than turned into text.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
+import hashlib
 import io
 import json
+import os
+import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from tuneloop.files import sha256_file
 
 SUPPORTED_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 
@@ -43,22 +55,8 @@ class FileRead:
     records: list[RawRecord] = field(default_factory=list)
     error: str | None = None  # reason the whole file is quarantined
     detail: str = ""
-
-
-def find_input_files(paths: list[Path]) -> tuple[list[Path], list[Path]]:
-    """Expand folders (recursively, sorted) into supported files; return (files, unsupported)."""
-    files: list[Path] = []
-    unsupported: list[Path] = []
-    for path in paths:
-        candidates = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for candidate in candidates:
-            if candidate.name.startswith("."):
-                continue
-            if candidate.suffix.lower() in SUPPORTED_SUFFIXES:
-                files.append(candidate)
-            elif not path.is_dir():
-                unsupported.append(candidate)
-    return files, unsupported
+    waiting: str = ""  # why the file was left for a later poll (nothing else is set then)
+    content: bytes | None = None  # the bytes read (None when not read), for a whole-file quarantine copy
 
 
 def _has_bad_bytes(value: str) -> bool:
@@ -70,6 +68,43 @@ def _cell(value: object) -> str | None:
         return None
     text = value if isinstance(value, str) else str(value)
     return text if text.strip() else None
+
+
+def _json_type(value: object) -> str:
+    names = {bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _shown(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)[:200]
+    except ValueError:  # a float nan or inf, or a circular value: show Python's spelling
+        return repr(value)[:200]
+
+
+def _typed_record(
+    source: str,
+    line: int,
+    text: tuple[str, object],
+    label: tuple[str, object],
+    type_names: dict[str, str] | None = None,
+) -> RawRecord:
+    """A record from typed values (JSON, Parquet): a non-string value is a `wrong_type` row.
+
+    `text` and `label` are (column, value read); `type_names` names each column's stored type
+    (Parquet), else the JSON type of the value is named.
+    """
+    wrong = [(c, v) for c, v in (text, label) if v is not None and not isinstance(v, str)]
+    if not wrong:
+        return _record(source, line, text[1], label[1])
+    detail = "; ".join(
+        f"column {c!r} holds {(type_names or {}).get(c) or _json_type(v)} {_shown(v)}, expected a string"
+        for c, v in wrong
+    )
+    text_shown, label_shown = _shown(text[1]), _shown(label[1])
+    return RawRecord(source, line, _cell(text_shown), _cell(label_shown), "wrong_type", detail)
 
 
 def _record(source: str, line: int, text: object, label: object) -> RawRecord:
@@ -91,8 +126,7 @@ def _missing_columns(found: list[str], text_col: str, label_col: str) -> str | N
     return f"expected columns {text_col!r} and {label_col!r}; missing {missing}; found {found}"
 
 
-def _read_csv(path: Path, text_col: str, label_col: str, out: FileRead) -> None:
-    raw = path.read_bytes()
+def _read_csv(raw: bytes, text_col: str, label_col: str, out: FileRead) -> None:
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     content = raw.decode("utf-8", errors="surrogateescape")
@@ -112,7 +146,7 @@ def _read_csv(path: Path, text_col: str, label_col: str, out: FileRead) -> None:
     if csv.field_size_limit() < len(content):
         csv.field_size_limit(len(content))
     t_i, l_i = header.index(text_col), header.index(label_col)
-    source = str(path)
+    source = str(out.path)
     ended = reader.line_num
     try:
         for row in reader:
@@ -140,57 +174,56 @@ def _read_csv(path: Path, text_col: str, label_col: str, out: FileRead) -> None:
         out.records.clear()
 
 
-def _read_jsonl(path: Path, text_col: str, label_col: str, out: FileRead) -> None:
-    source = str(path)
-    with path.open("rb") as handle:
-        for line_no, raw_line in enumerate(handle, start=1):
-            if not raw_line.strip():
-                continue
-            try:
-                # utf-8-sig on the first line: editors on Windows start files with a byte-order mark.
-                line = raw_line.decode("utf-8-sig" if line_no == 1 else "utf-8")
-            except UnicodeDecodeError:
-                shown = raw_line.decode("utf-8", "replace").strip()
-                out.records.append(
-                    RawRecord(source, line_no, shown[:200], None, "invalid_utf8", "bytes are not valid UTF-8")
-                )
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                out.records.append(
-                    RawRecord(source, line_no, line.strip()[:200], None, "invalid_json", str(exc))
-                )
-                continue
-            if not isinstance(obj, dict):
-                out.records.append(
-                    RawRecord(source, line_no, line.strip()[:200], None, "invalid_json", "not a JSON object")
-                )
-                continue
-            out.records.append(_record(source, line_no, obj.get(text_col), obj.get(label_col)))
+def _read_jsonl(raw: bytes, text_col: str, label_col: str, out: FileRead) -> None:
+    source = str(out.path)
+    lines = io.BytesIO(raw).readlines()  # split on b"\n" only, as reading the file line by line
+    for line_no, raw_line in enumerate(lines, start=1):
+        if not raw_line.strip():
+            continue
+        try:
+            # utf-8-sig on the first line: editors on Windows start files with a byte-order mark.
+            line = raw_line.decode("utf-8-sig" if line_no == 1 else "utf-8")
+        except UnicodeDecodeError:
+            shown = raw_line.decode("utf-8", "replace").strip()
+            out.records.append(
+                RawRecord(source, line_no, shown[:200], None, "invalid_utf8", "bytes are not valid UTF-8")
+            )
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            out.records.append(RawRecord(source, line_no, line.strip()[:200], None, "invalid_json", str(exc)))
+            continue
+        if not isinstance(obj, dict):
+            out.records.append(
+                RawRecord(source, line_no, line.strip()[:200], None, "invalid_json", "not a JSON object")
+            )
+            continue
+        text, label = (text_col, obj.get(text_col)), (label_col, obj.get(label_col))
+        out.records.append(_typed_record(source, line_no, text, label))
     # A JSONL file where no object carries the mapped columns is a mapping mistake, not bad rows.
     # A file with no parsable object at all is bad rows (invalid_json), not a mapping mistake.
     parsed = [r for r in out.records if not r.problem]
     if parsed and not any(r.text is not None or r.label is not None for r in parsed):
         keys: set[str] = set()
-        with path.open("rb") as handle:
-            for raw_line in handle:
-                try:
-                    obj = json.loads(raw_line)
-                    keys.update(obj.keys() if isinstance(obj, dict) else [])
-                except (ValueError, UnicodeDecodeError):
-                    pass
+        for raw_line in lines:
+            try:
+                obj = json.loads(raw_line)
+                keys.update(obj.keys() if isinstance(obj, dict) else [])
+            except (ValueError, UnicodeDecodeError):
+                pass
         problem = _missing_columns(sorted(keys), text_col, label_col)
         if problem:
             out.error, out.detail = "wrong_columns", problem
             out.records.clear()
 
 
-def _read_parquet(path: Path, text_col: str, label_col: str, out: FileRead) -> None:
+def _read_parquet(raw: bytes, text_col: str, label_col: str, out: FileRead) -> None:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(pa.BufferReader(raw))
     except Exception as exc:  # pyarrow raises several types for corrupt files
         out.error, out.detail = "unreadable", f"not a readable Parquet file: {exc}"
         return
@@ -200,32 +233,76 @@ def _read_parquet(path: Path, text_col: str, label_col: str, out: FileRead) -> N
         return
     texts = table.column(text_col).to_pylist()
     labels = table.column(label_col).to_pylist()
-    source = str(path)
+    types = {
+        text_col: str(table.schema.field(text_col).type),
+        label_col: str(table.schema.field(label_col).type),
+    }
+    source = str(out.path)
     # Parquet has no text lines; "line" is the 1-based row number.
     out.records.extend(
-        _record(source, i + 1, t, lab) for i, (t, lab) in enumerate(zip(texts, labels, strict=True))
+        _typed_record(source, i + 1, (text_col, t), (label_col, lab), types)
+        for i, (t, lab) in enumerate(zip(texts, labels, strict=True))
     )
 
 
-def read_file(path: Path, text_col: str, label_col: str) -> FileRead:
-    """Read one supported file. Never raises for bad content: problems are recorded on the result."""
-    out = FileRead(path=path, sha256=sha256_file(path))
+def _read_once(path: Path, settle_seconds: float, now: float) -> tuple[bytes, str]:
+    """The file's bytes, read once without following a link, or (b"", why it must wait)."""
+    # O_NOFOLLOW: a link swapped in after the folder was listed is refused, not followed.
+    # O_NONBLOCK: opening a FIFO named like a data file returns at once instead of hanging.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        wait = settle_wait(now - before.st_mtime, settle_seconds)
+        if wait:
+            return b"", wait
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            raw = handle.read()
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    changed = (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
+    if changed or len(raw) != after.st_size:
+        return b"", "changed while it was being read; read again once it is still"
+    return raw, ""
+
+
+def settle_wait(age_seconds: float, settle_seconds: float) -> str | None:
+    """Why a file modified `age_seconds` ago must wait, or None when it has settled."""
+    if age_seconds >= settle_seconds:
+        return None
+    return f"modified {age_seconds:.1f} s ago; read once it has been still for {settle_seconds:g} s"
+
+
+def read_file(
+    path: Path, text_col: str, label_col: str, settle_seconds: float = 0.0, now: float | None = None
+) -> FileRead:
+    """Read one supported file once. Never raises for bad content: problems are on the result.
+
+    A file younger than `settle_seconds` (by modification time, against `now`, default the
+    clock), or one that changed while being read, comes back with `waiting` set and nothing read.
+    """
+    out = FileRead(path=path, sha256="")
     kind = SUPPORTED_SUFFIXES.get(path.suffix.lower())
     try:
-        if kind == "csv":
-            _read_csv(path, text_col, label_col, out)
-        elif kind == "jsonl":
-            _read_jsonl(path, text_col, label_col, out)
-        elif kind == "parquet":
-            _read_parquet(path, text_col, label_col, out)
-        else:
-            out.error, out.detail = (
-                "unsupported_format",
-                f"suffix {path.suffix!r} is not csv, jsonl or parquet",
-            )
+        raw, out.waiting = _read_once(path, settle_seconds, time.time() if now is None else now)
     except OSError as exc:
-        out.error, out.detail = "unreadable", str(exc)
-        out.records.clear()
+        link = exc.errno == errno.ELOOP
+        out.error = "symlink" if link else "unreadable"
+        out.detail = "a symbolic link; links are never followed" if link else str(exc)
+        return out
+    if out.waiting:
+        return out
+    out.sha256, out.content = hashlib.sha256(raw).hexdigest(), raw
+    if kind == "csv":
+        _read_csv(raw, text_col, label_col, out)
+    elif kind == "jsonl":
+        _read_jsonl(raw, text_col, label_col, out)
+    elif kind == "parquet":
+        _read_parquet(raw, text_col, label_col, out)
+    else:
+        out.error, out.detail = "unsupported_format", f"suffix {path.suffix!r} is not csv, jsonl or parquet"
     return out
 
 

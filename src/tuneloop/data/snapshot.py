@@ -23,6 +23,7 @@ import re
 import shutil
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,12 +42,14 @@ _ID = re.compile(r"snap-(\d{4,})")
 
 class SourceFile(BaseModel):
     path: str
-    sha256: str
+    sha256: str = Field(description="of the bytes read; for a refused link, of its path and target")
     rows: int = 0
     accepted: int = 0
     duplicates: int = 0
     quarantined: int = 0
-    error: str | None = None
+    error: str | None = Field(default=None, description="why the whole file was quarantined, if it was")
+    detail: str = ""
+    columns: list[str] | None = Field(default=None, description="the (text, label) columns it was read with")
 
 
 class Manifest(BaseModel):
@@ -215,12 +218,14 @@ def write_snapshot(
     seed: int,
     eval_fraction: float,
     batch: dict[str, Any],
-    before_commit: Any = None,
+    before_commit: Callable[[Path], None] | None = None,
+    file_written: Callable[[Path], None] | None = None,
 ) -> Manifest:
     """Write a new snapshot atomically and return its manifest.
 
     Files go to `snapshots/.tmp-<uuid>/` first, are fsynced, and the folder is renamed to its final
-    id in one step. `before_commit` (tests use it) is called just before that rename.
+    id in one step. Test seams: `file_written` is called with each file once it is written (a kill
+    there lands mid-write), `before_commit` with the folder just before the rename.
     """
     snapshots_dir.mkdir(parents=True, exist_ok=True)
     ids = snapshot_ids(snapshots_dir)
@@ -244,7 +249,11 @@ def write_snapshot(
     try:
         for split in SPLITS:
             _frame(splits[split]).to_parquet(tmp / f"{split}.parquet", index=False)
+            if file_written is not None:
+                file_written(tmp / f"{split}.parquet")
         (tmp / "manifest.json").write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+        if file_written is not None:
+            file_written(tmp / "manifest.json")
         for child in tmp.iterdir():
             with child.open("rb") as handle:
                 os.fsync(handle.fileno())

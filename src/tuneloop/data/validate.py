@@ -20,6 +20,7 @@ REASONS: dict[str, str] = {
     "invalid_utf8": "bytes are not valid UTF-8",
     "invalid_json": "line is not a JSON object",
     "malformed_row": "row has a different number of fields than the header",
+    "wrong_type": "a JSONL or Parquet value in the text or label column is not a string",
     "label_conflict": "the same text arrived with a different label",
 }
 
