@@ -16,14 +16,17 @@ import contextlib
 import getpass
 import json
 import os
+import shutil
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tuneloop.config import Settings
+from tuneloop.config import Settings, mask_uri
 from tuneloop.files import sha256_file
+from tuneloop.registry.verify import MANIFEST, checksum_problems, flatten_manifests
 
 ALIASES = ("champion", "canary", "challenger", "previous")
 APPROVAL_STATES = ("pending", "approved", "rejected")
@@ -31,6 +34,17 @@ APPROVAL_STATES = ("pending", "approved", "rejected")
 
 class RegistryError(RuntimeError):
     """A registry operation that cannot go ahead; the message says why and what to do."""
+
+
+def is_not_found(exc: Exception) -> bool:
+    """Whether an MlflowException means "no such model / version / experiment" (and nothing else).
+
+    MLflow 3 answers RESOURCE_DOES_NOT_EXIST for a missing registered model or version, from the
+    SQLAlchemy stores and through the REST API alike. An unset alias is INVALID_PARAMETER_VALUE
+    ("alias ... not found"), which also means a malformed request, so aliases are read from the
+    registered model (`get_registered_model(name).aliases`) and never judged by that code.
+    """
+    return str(getattr(exc, "error_code", "")) == "RESOURCE_DOES_NOT_EXIST"
 
 
 def checksums(folder: Path) -> dict[str, str]:
@@ -87,21 +101,38 @@ class Registry:
         mlflow.set_tracking_uri(settings.resolved_tracking_uri)
         mlflow.set_registry_uri(settings.resolved_registry_uri)
         self.client = MlflowClient(settings.resolved_tracking_uri, settings.resolved_registry_uri)
+        self.where = mask_uri(settings.resolved_registry_uri)
+
+    def _failed(self, what: str, exc: Exception) -> RegistryError:
+        """A registry call that failed for a reason other than "not found": say what and where."""
+        detail = mask_uri(getattr(exc, "message", None) or str(exc))
+        return RegistryError(
+            f"{what} failed at the MLflow registry {self.where}: {detail}. Check that the store is "
+            "reachable and TUNELOOP_TRACKING_URI / TUNELOOP_REGISTRY_URI are right (`tuneloop "
+            "config` prints them), then run the command again."
+        )
 
     # --- experiments and runs ----------------------------------------------------------------
     def experiment_id(self, name: str) -> str:
-        found = self.client.get_experiment_by_name(name)
-        if found is not None:
-            return str(found.experiment_id)
-        root = self.settings.resolved_artifact_root
-        location = f"{root.rstrip('/')}/{name}" if root else None
+        from mlflow.exceptions import MlflowException
+
         try:
-            return str(self.client.create_experiment(name, artifact_location=location))
-        except Exception:  # created concurrently by another process: read it back
-            found = self.client.get_experiment_by_name(name)
+            found = self.client.get_experiment_by_name(name)  # None when it does not exist
+            if found is not None:
+                return str(found.experiment_id)
+            root = self.settings.resolved_artifact_root
+            location = f"{root.rstrip('/')}/{name}" if root else None
+            try:
+                return str(self.client.create_experiment(name, artifact_location=location))
+            except MlflowException as exc:
+                if str(exc.error_code) != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            found = self.client.get_experiment_by_name(name)  # created concurrently: read it back
             if found is None:
-                raise
+                raise RegistryError(f"experiment {name!r} exists but cannot be read at {self.where}")
             return str(found.experiment_id)
+        except MlflowException as exc:
+            raise self._failed(f"finding or creating the experiment {name!r}", exc) from exc
 
     def log_snapshot(
         self, summary: dict[str, Any], manifest_dir: Path, quarantine_report: Path | None
@@ -139,16 +170,33 @@ class Registry:
 
         try:
             self.client.get_registered_model(self.model_name)
-        except MlflowException:
-            try:
-                self.client.create_registered_model(
-                    self.model_name,
-                    description="tuneloop intent classifier. Aliases: champion (serving), canary, "
-                    "challenger (passed gates), previous. Approve a version by setting its tag "
-                    "approval=approved (or run `tuneloop approve VERSION --by NAME`).",
-                )
-            except MlflowException:
-                self.client.get_registered_model(self.model_name)  # raced: it exists now
+            return
+        except MlflowException as exc:
+            if not is_not_found(exc):
+                raise self._failed(f"reading the registered model {self.model_name!r}", exc) from exc
+        try:
+            self.client.create_registered_model(
+                self.model_name,
+                description="tuneloop intent classifier. Aliases: champion (serving), canary, "
+                "challenger (passed gates), previous. Approve a version with the tags "
+                "approval=approved and approval_by=<your name> (or run `tuneloop approve VERSION "
+                "--by NAME`).",
+            )
+        except MlflowException as exc:
+            if str(exc.error_code) != "RESOURCE_ALREADY_EXISTS":  # else another process made it
+                raise self._failed(f"creating the registered model {self.model_name!r}", exc) from exc
+
+    def _model_aliases(self) -> dict[str, str]:
+        """{alias: version} from the registered model in one call; {} when the model does not exist."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model = self.client.get_registered_model(self.model_name)
+        except MlflowException as exc:
+            if is_not_found(exc):
+                return {}
+            raise self._failed(f"reading the aliases of {self.model_name!r}", exc) from exc
+        return {str(a): str(v) for a, v in (model.aliases or {}).items()}
 
     def _info(self, mv: Any) -> VersionInfo:
         return VersionInfo(
@@ -163,21 +211,36 @@ class Registry:
     def get_version(self, version: str | int) -> VersionInfo:
         from mlflow.exceptions import MlflowException
 
+        if not str(version).isdigit():
+            raise RegistryError(f"{version!r} is not a version number; `tuneloop status` lists them.")
         try:
-            return self._info(self.client.get_model_version(self.model_name, str(version)))
+            info = self._info(self.client.get_model_version(self.model_name, str(version)))
         except MlflowException as exc:
+            if not is_not_found(exc):
+                raise self._failed(f"reading {self.model_name} version {version}", exc) from exc
             raise RegistryError(
                 f"{self.model_name} has no version {version}; `tuneloop status` lists the versions."
             ) from exc
+        # search and get calls of MLflow 3.17 leave a version's `aliases` empty: the model has them.
+        held = sorted(a for a, v in self._model_aliases().items() if v == info.version)
+        return replace(info, aliases=held)
 
     def versions(self) -> list[VersionInfo]:
         from mlflow.exceptions import MlflowException
 
         try:
             found = self.client.search_model_versions(f"name='{self.model_name}'")
-        except MlflowException:
-            return []
-        return sorted((self._info(mv) for mv in found), key=lambda v: int(v.version))
+        except MlflowException as exc:
+            raise self._failed(f"listing the versions of {self.model_name!r}", exc) from exc
+        aliases = self._model_aliases() if found else {}
+        by_version: dict[str, list[str]] = {}
+        for alias, version in aliases.items():
+            by_version.setdefault(version, []).append(alias)
+        infos = (self._info(mv) for mv in found)
+        return sorted(
+            (replace(i, aliases=sorted(by_version.get(i.version, []))) for i in infos),
+            key=lambda v: int(v.version),
+        )
 
     def find_by_round_key(self, round_key: str) -> VersionInfo | None:
         """The version registered for this (snapshot, parent, config), if any: rounds are idempotent."""
@@ -202,12 +265,9 @@ class Registry:
 
     # --- aliases -----------------------------------------------------------------------------
     def alias(self, alias: str) -> VersionInfo | None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return self._info(self.client.get_model_version_by_alias(self.model_name, alias))
-        except MlflowException:
-            return None
+        """The version holding `alias`, or None when the alias (or the model) does not exist."""
+        version = self._model_aliases().get(alias)
+        return None if version is None else self.get_version(version)
 
     def set_alias(self, alias: str, version: str) -> None:
         if alias not in ALIASES:
@@ -215,24 +275,107 @@ class Registry:
         self.client.set_registered_model_alias(self.model_name, alias, str(version))
 
     def clear_alias(self, alias: str) -> None:
+        """Remove `alias`; removing an alias that is not set is not an error (MLflow agrees)."""
         from mlflow.exceptions import MlflowException
 
-        with contextlib.suppress(MlflowException):
+        try:
             self.client.delete_registered_model_alias(self.model_name, alias)
+        except MlflowException as exc:
+            if not is_not_found(exc):
+                raise self._failed(f"removing the alias {alias!r}", exc) from exc
 
     def aliases(self) -> dict[str, str]:
-        return {a: v.version for a in ALIASES if (v := self.alias(a)) is not None}
+        """{alias: version} for tuneloop's aliases, from one registry call."""
+        return {a: v for a, v in self._model_aliases().items() if a in ALIASES}
+
+    # --- locks -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, name: str, *, timeout_s: float = 600.0, lease_s: float = 900.0) -> Iterator[str]:
+        """Serialise a critical section across processes and hosts sharing this registry.
+
+        The lock is a registered model `<model>.lock.<name>` (see registry/lock.py); raises
+        RegistryError naming the holder and its age after `timeout_s`, or if the lease was lost.
+        """
+        from mlflow.exceptions import MlflowException
+
+        from tuneloop.registry.lock import LockError, lock_model_name, registry_lock
+
+        lock_name = lock_model_name(self.model_name, name)
+        try:
+            with registry_lock(
+                self.client, lock_name, timeout_s=timeout_s, lease_s=lease_s, where=f" at {self.where}"
+            ) as holder:
+                yield holder
+        except LockError as exc:
+            raise RegistryError(str(exc)) from exc
+        except MlflowException as exc:
+            raise self._failed(f"taking or releasing the lock {lock_name!r}", exc) from exc
 
     # --- artifacts ---------------------------------------------------------------------------
-    def download(self, version: str, subpath: str = "", dst: Path | None = None) -> Path:
-        """Download (part of) a version's artifacts and return the local folder."""
+    def download(self, version: str, subpath: str = "", dst: Path | None = None, verify: bool = True) -> Path:
+        """Download (part of) a version's artifacts and return the local folder (or file).
+
+        With `verify` (the default), every file is checked against the version's checksums.json
+        and the weight files also against their sha256 tags; a mismatch deletes the download and
+        raises RegistryError naming the file and both hashes.
+        """
         import mlflow
 
         info = self.get_version(version)
-        uri = info.source.rstrip("/") + (f"/{subpath}" if subpath else "")
+        subpath = subpath.strip("/")
+        source = info.source.rstrip("/")
+        uri = source + (f"/{subpath}" if subpath else "")
         target = dst or Path(tempfile.mkdtemp(prefix=f"tuneloop-v{version}-"))
         target.mkdir(parents=True, exist_ok=True)
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
+        if not verify:
+            return local
+        try:
+            problems = self._verify(info, source, subpath, local)
+        except Exception:
+            _remove(local, target if dst is None else None)
+            raise
+        if problems:
+            _remove(local, target if dst is None else None)
+            listing = "\n".join(f"  - {p}" for p in problems)
+            raise RegistryError(
+                f"v{info.version} ({uri}) does not match its recorded checksums; the download was "
+                f"deleted. Do not use this version until its artifacts are restored:\n{listing}"
+            )
+        return local
+
+    def _verify(self, info: VersionInfo, source: str, subpath: str, local: Path) -> list[str]:
+        """Problems of the downloaded `local` (= `subpath` of the version) against its records."""
+        import mlflow
+
+        if local.is_file():
+            actual = {subpath: sha256_file(local)}
+        else:
+            prefix = f"{subpath}/" if subpath else ""
+            files = (p for p in local.rglob("*") if p.is_file())
+            actual = {prefix + str(p.relative_to(local)): sha256_file(p) for p in files}
+        # The manifests that may cover these files: the root one, and one in each folder on the way
+        # down to `subpath` (a later stage adds e.g. onnx/checksums.json for what it logged).
+        parts = subpath.split("/")[:-1] if local.is_file() else [p for p in subpath.split("/") if p]
+        folders = ["/".join(parts[:i]) for i in range(len(parts) + 1)]
+        folders += sorted({p.rsplit("/", 1)[0] if "/" in p else "" for p in actual if p.endswith(MANIFEST)})
+        manifests: dict[str, dict[str, str]] = {}
+        with tempfile.TemporaryDirectory(prefix="tuneloop-sums-") as tmp:
+            for folder in dict.fromkeys(folders):
+                listed = mlflow.artifacts.list_artifacts(artifact_uri=f"{source}/{folder}".rstrip("/"))
+                if not any(f.path.rsplit("/", 1)[-1] == MANIFEST for f in listed):
+                    continue
+                name = f"{folder}/{MANIFEST}" if folder else MANIFEST
+                got = mlflow.artifacts.download_artifacts(artifact_uri=f"{source}/{name}", dst_path=tmp)
+                manifests[folder] = json.loads(Path(got).read_text())
+        if "" not in manifests:
+            raise RegistryError(
+                f"v{info.version} has no {MANIFEST} at the root of {source}, so its files cannot be "
+                "verified; it was not registered by `tuneloop train` (download(verify=False) skips "
+                "the check knowingly)."
+            )
+        expected_under = None if local.is_file() else subpath
+        return checksum_problems(actual, flatten_manifests(manifests), info.tags, expected_under)
 
     def record_event(self, version: str, event: str, payload: dict[str, Any]) -> None:
         """Append-only audit trail: a tag per event (`event.<time>.<name>`) on the version."""
@@ -240,6 +383,16 @@ class Registry:
         self.client.set_model_version_tag(
             self.model_name, str(version), f"event.{stamp}.{event}", json.dumps(payload, sort_keys=True)
         )
+
+
+def _remove(local: Path, made: Path | None) -> None:
+    """Delete a rejected download, and the temporary folder made for it."""
+    if local.is_dir():
+        shutil.rmtree(local, ignore_errors=True)
+    else:
+        local.unlink(missing_ok=True)
+    if made is not None:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def log_snapshot_inputs(snapshots_dir_or_snapshot: Path, snapshot_id: str, contexts: tuple[str, ...]) -> None:
