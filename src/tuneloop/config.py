@@ -16,6 +16,7 @@ that writes them.
 from __future__ import annotations
 
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
@@ -203,7 +204,29 @@ class Settings(BaseSettings):
         data["tracking_uri"] = self.resolved_tracking_uri
         data["registry_uri"] = self.resolved_registry_uri
         data["artifact_root"] = self.resolved_artifact_root
-        return data
+        return mask_settings(data)
+
+
+# Query-string keys whose values are secrets (password=, token=, access_key=, sig=, ...).
+_SECRET_QUERY = re.compile(
+    r"([?&;][^=&;#]*(?:pass|pwd|token|secret|key|sig|credential|auth)[^=&;#]*=)[^&;#]*", re.IGNORECASE
+)
+# user:password@ after the scheme; greedy up to the last @ before the first /, as an unescaped @ in
+# a password still ends at the host.
+_USERINFO = re.compile(r"(://[^/:@\s]*):[^/\s]*@")
+URI_FIELDS = ("tracking_uri", "registry_uri", "artifact_root")
+
+
+def mask_uri(uri: str | None) -> str | None:
+    """`uri` safe to print: `user:****@host`, and secret query values (password=, token=) as ****."""
+    if not uri:
+        return uri
+    return _SECRET_QUERY.sub(r"\1****", _USERINFO.sub(r"\1:****@", uri))
+
+
+def mask_settings(data: dict[str, Any]) -> dict[str, Any]:
+    """A settings dump with every URI field masked (for printing; never for saving credentials)."""
+    return {k: mask_uri(v) if k in URI_FIELDS and isinstance(v, str) else v for k, v in data.items()}
 
 
 def load_settings(**overrides: Any) -> Settings:
