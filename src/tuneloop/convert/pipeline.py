@@ -6,7 +6,8 @@ Layout of `out_dir` (everything a server needs, nothing it should not trust):
     model.opt.onnx        fused fp32 (served fp32)            when settings.optimize
     model.int8.onnx       INT8 (static Q/DQ, or dynamic when no calibration texts are given)
     model.int8.trt.onnx   symmetric Q/DQ for TensorRT        only when TensorRT is available
-    model.*.plan(.json)   TensorRT engine and its cache key  only when TensorRT is available
+    model.*.plan(.json)   TensorRT engine and its cache key  only when built and in parity
+    engines/              TensorRT plan cache (tensorrt.py), kept across conversions, not an artifact
     calibration.json      which texts calibrated the INT8 model (count, seed, sha256, the texts)
     config.json, tokenizer files   copied from the input, so the folder loads on its own
     conversion.json       written last: input and settings hashes, artifacts with sha256, parity
@@ -35,7 +36,7 @@ from tuneloop.convert.optimize import optimize_onnx, read_bert_shape
 from tuneloop.convert.parity import ParityReport, check_parity, coerce_thresholds
 from tuneloop.convert.quantize import quantize_int8_dynamic, quantize_int8_static, texts_sha256
 from tuneloop.convert.runtime import DEFAULT_MAX_LENGTH, OnnxClassifier, encode
-from tuneloop.convert.tensorrt import DEFAULT_PROFILE, EngineResult, build_engine, tensorrt_status
+from tuneloop.convert.tensorrt import DEFAULT_PROFILE, EngineResult, publish_engine, tensorrt_status
 
 MANIFEST = "conversion.json"
 # Part of the idempotency key: bump when a change here or in the steps changes what gets written,
@@ -230,6 +231,8 @@ def convert_model(
         "settings": json.loads(json.dumps(asdict(settings))),
         "calibration_sha256": texts_sha256(calibration) if calibration else None,
         "versions": {"tuneloop.convert": CONVERTER_VERSION, **library_versions()},
+        # TensorRT and GPU found (versions, GPU name) or why not: a host change redoes the engine.
+        "tensorrt": "off" if settings.tensorrt == "off" else tensorrt_status()[1],
     }
     eval_key = _eval_key(eval_sets, thresholds)
     seconds["hash"] = time.perf_counter() - clock
@@ -239,6 +242,13 @@ def convert_model(
             return _result(manifest, reused=True)
         clock = time.perf_counter()  # same artifacts, new eval sets or thresholds: parity only
         manifest["parity"] = _parity(model_dir, out, eval_sets, thresholds, settings).to_dict()
+        if not manifest["tensorrt"].get("skipped"):  # the engine is judged by the same thresholds
+            engine = _tensorrt_step(
+                out, model_dir, calibration, settings, common_args(settings), eval_sets, thresholds
+            )
+            kept = {n: a for n, a in manifest["artifacts"].items() if not n.endswith((".plan", ".plan.json"))}
+            manifest["artifacts"] = {**kept, **_engine_artifacts(out, engine)}
+            manifest["tensorrt"] = asdict(engine)
         manifest["eval_key"], manifest["seconds"]["parity"] = eval_key, time.perf_counter() - clock
         write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=2))
         return _result(manifest, reused=True)
@@ -268,13 +278,7 @@ def convert_model(
     source = out / (
         "model.opt.onnx" if settings.optimize and settings.quantize_from == "optimized" else "model.onnx"
     )
-    common = dict(
-        count=settings.calibration_count,
-        seed=settings.calibration_seed,
-        batch_size=settings.batch_size,
-        max_length=settings.max_length,
-        method=settings.calibration_method,
-    )
+    common = common_args(settings)
     if calibration:
         record = timed(
             "quantize",
@@ -292,11 +296,14 @@ def convert_model(
         dyn_source = out / ("model.opt.onnx" if settings.optimize else "model.onnx")
         timed("quantize", quantize_int8_dynamic, dyn_source, out / "model.int8.onnx")
         write_text_atomic(out / "calibration.json", json.dumps({"method": "dynamic", "count": 0}, indent=2))
-    engine = timed("tensorrt", _tensorrt_step, out, model_dir, calibration, settings, common)
+    engine = timed(
+        "tensorrt", _tensorrt_step, out, model_dir, calibration, settings, common, eval_sets, thresholds
+    )
     parity = timed("parity", _parity, model_dir, out, eval_sets, thresholds, settings)
 
-    names = [*SUPPORT_FILES, *ARTIFACT_FILES] + ([Path(engine.path).name] if engine.path else [])
+    names = [*SUPPORT_FILES, *ARTIFACT_FILES]
     artifacts = {n: asdict(_artifact(out / n)) for n in names if (out / n).is_file()}
+    artifacts.update(_engine_artifacts(out, engine))
     manifest = {
         "key": key,
         "eval_key": eval_key,
@@ -312,8 +319,33 @@ def convert_model(
     return _result(manifest, reused=False)
 
 
+def common_args(settings: ConversionSettings) -> dict[str, Any]:
+    """The calibration arguments every static quantisation of one conversion shares."""
+    return dict(
+        count=settings.calibration_count,
+        seed=settings.calibration_seed,
+        batch_size=settings.batch_size,
+        max_length=settings.max_length,
+        method=settings.calibration_method,
+    )
+
+
+def _engine_artifacts(out: Path, engine: EngineResult) -> dict[str, Any]:
+    """The published plan and its sidecar (none unless the engine was built and kept parity)."""
+    if not engine.path:
+        return {}
+    plan = Path(engine.path)
+    return {p.name: asdict(_artifact(out / p.name)) for p in (plan, plan.with_name(plan.name + ".json"))}
+
+
 def _tensorrt_step(
-    out: Path, model_dir: Path, calibration: list[str], settings: ConversionSettings, common: dict[str, Any]
+    out: Path,
+    model_dir: Path,
+    calibration: list[str],
+    settings: ConversionSettings,
+    common: dict[str, Any],
+    eval_sets: Mapping[str, tuple[Sequence[str], Sequence[Any]]],
+    thresholds: Any,
 ) -> EngineResult:
     if settings.tensorrt == "off":
         return EngineResult(skipped="skipped: tensorrt disabled in settings")
@@ -327,8 +359,27 @@ def _tensorrt_step(
     qdq = out / "model.int8.onnx"
     if settings.preset != "tensorrt":
         qdq = out / "model.int8.trt.onnx"
-        quantize_int8_static(out / "model.onnx", qdq, model_dir, calibration, preset="tensorrt", **common)
-    return build_engine(qdq, out, settings.trt_profile)
+        try:
+            if not qdq.is_file():  # a fresh conversion removed it; a re-judge reuses it
+                quantize_int8_static(
+                    out / "model.onnx", qdq, model_dir, calibration, preset="tensorrt", **common
+                )
+        except Exception as error:  # loud in the summary and the trt tag; the CPU artifacts still publish
+            return EngineResult(failed=f"TensorRT Q/DQ graph: {type(error).__name__}: {error}")
+    label2id = json.loads((Path(model_dir) / "config.json").read_text()).get("label2id") or {}
+    indexed = {name: (list(t), _label_indices(y, label2id)) for name, (t, y) in eval_sets.items()}
+    fp32 = out / ("model.opt.onnx" if (out / "model.opt.onnx").is_file() else "model.onnx")
+    return publish_engine(
+        qdq,
+        out,
+        fp32,
+        indexed,
+        thresholds,
+        profile=settings.trt_profile,
+        max_length=settings.max_length,
+        batch_size=settings.batch_size,
+        threads=settings.threads,
+    )
 
 
 def _result(manifest: dict[str, Any], reused: bool) -> ConversionResult:

@@ -244,7 +244,9 @@ def quantize_int8_static(
         with atomic_output(Path(out_path)) as tmp:
             # Rewrite the embedding first, so calibration sees the int8 table's real rounding.
             shutil.copyfile(onnx_path, pre)
-            embedding_rows = quantize_word_embeddings(pre)
+            # Not for `tensorrt`: TensorRT 10's strongly typed networks take int8 only inside Q/DQ
+            # pairs, and the per-row table is an int8 Gather then Cast; its embeddings stay float.
+            embedding_rows = quantize_word_embeddings(pre) if preset != "tensorrt" else 0
             peaks = channel_peaks(
                 pre,
                 [
