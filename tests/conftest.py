@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BANKING77_DIR = REPO_ROOT.parent / "shared" / "data" / "banking77"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _trust_models_made_by_tests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Let adapters name base models that tests built under pytest's own temporary folder.
+
+    A base model recorded in an adapter is read only from folders the settings allow
+    (`TUNELOOP_ALLOWED_MODEL_ROOTS`, see tuneloop.train.base); the tiny random BERTs tests make live
+    under the session's base temp folder, and subprocesses inherit the variable. Tests of the
+    refusal set the variable themselves.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TUNELOOP_ALLOWED_MODEL_ROOTS", str(tmp_path_factory.getbasetemp().resolve()))
+        yield
 
 
 @pytest.fixture

