@@ -23,7 +23,8 @@ import sys, time
 from tuneloop.config import load_settings
 from tuneloop.registry.store import Registry
 
-home, log, rounds, hold, lease = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+home, log = sys.argv[1], sys.argv[2]
+rounds, hold, lease = int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
 registry = Registry(load_settings(home=home))
 print("ready", flush=True)
 for _ in range(rounds):
@@ -73,9 +74,9 @@ def test_a_killed_holders_lock_is_broken_after_its_lease(tmp_path: Path) -> None
         while not log.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert log.exists(), "the holder never entered its critical section"
-        with pytest.raises(RegistryError, match=r"held by .*/\d+/.* for \d+ s") as caught:
-            with registry.lock("aliases", timeout_s=0.5, lease_s=30):
-                pass
+        held = pytest.raises(RegistryError, match=r"held by .*/\d+/.* for \d+ s")
+        with held as caught, registry.lock("aliases", timeout_s=0.5, lease_s=30):
+            pass
         assert str(holder.pid) in str(caught.value)
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait(timeout=30)
@@ -94,11 +95,9 @@ def test_a_killed_holders_lock_is_broken_after_its_lease(tmp_path: Path) -> None
 def test_a_lost_lease_makes_the_with_block_fail_loudly(tmp_path: Path) -> None:
     registry = Registry(load_settings(home=tmp_path / "home"))
     registry.ensure_model()
-    with pytest.raises(RegistryError, match="was lost while held"):
-        with registry.lock("aliases", lease_s=60):
-            # Another process broke the lock (as a waiter does once a lease has run out).
-            registry.client.delete_registered_model("tuneloop-intent.lock.aliases")
-            registry.client.create_registered_model(
-                "tuneloop-intent.lock.aliases", tags={"holder": "other/1/x", "expires_at": "9e9"}
-            )
-    assert registry.client.get_registered_model("tuneloop-intent.lock.aliases").tags["holder"] == "other/1/x"
+    lock = "tuneloop-intent.lock.aliases"
+    with pytest.raises(RegistryError, match="was lost while held"), registry.lock("aliases", lease_s=60):
+        # Another process broke the lock (as a waiter does once a lease has run out).
+        registry.client.delete_registered_model(lock)
+        registry.client.create_registered_model(lock, tags={"holder": "other/1/x", "expires_at": "9e9"})
+    assert registry.client.get_registered_model(lock).tags["holder"] == "other/1/x"  # theirs, kept
