@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -349,9 +348,13 @@ def pause(note):
     marker.write_text(str(note))
     time.sleep(120)
 
-hook = None
+hook = written = None
 if where == "before_rename":
     hook = pause
+elif where.startswith("after_file:"):  # mid-write: some files of the new snapshot exist, not all
+    def written(path):
+        if path.name == where.split(":", 1)[1]:
+            pause(path)
 elif where == "before_ledger":
     write = snap.write_json_atomic
     def write_after_pause(path, data):
@@ -359,16 +362,14 @@ elif where == "before_ledger":
             pause(path)
         write(path, data)
     snap.write_json_atomic = write_after_pause
-else:  # "anywhere": the parent kills at a random moment
-    marker.write_text("started")
-ingest([source], IngestConfig(home=home, label_column=sys.argv[5]), before_commit=hook)
+ingest([source], IngestConfig(home=home, label_column=sys.argv[5]), before_commit=hook, file_written=written)
 """
 
 
 def run_and_kill(
-    home: Path, source: Path, where: str, tmp_path: Path, delay: float = 0.0, label_column: str = "label"
-) -> int:
-    """Start ingest in a child, SIGKILL it once it reaches `where` (plus `delay`); return its exit code."""
+    home: Path, source: Path, where: str, tmp_path: Path, label_column: str = "label"
+) -> tuple[int, str]:
+    """Start ingest in a child, SIGKILL it once it reaches `where`; return its exit code and note."""
     marker = tmp_path / f"marker-{where}-{time.monotonic_ns()}"
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(home), str(source), str(marker), where, label_column],
@@ -383,9 +384,9 @@ def run_and_kill(
             if time.monotonic() > deadline:
                 pytest.fail("child never reached the kill point")
             time.sleep(0.01)
-        time.sleep(delay)
+        time.sleep(0.05)  # the marker is written before the pause: let the child reach the sleep
         os.kill(child.pid, signal.SIGKILL)
-        return child.wait(timeout=30)
+        return child.wait(timeout=30), marker.read_text()
     finally:
         if child.poll() is None:
             child.kill()
@@ -404,7 +405,7 @@ def assert_no_partial_snapshot(snapshots_dir: Path) -> None:
 
 def test_kill_before_rename_leaves_no_snapshot(home: Path, bundled: dict[str, Path], tmp_path: Path) -> None:
     cfg = IngestConfig(home=home)
-    assert run_and_kill(home, bundled["base"], "before_rename", tmp_path) == -signal.SIGKILL
+    assert run_and_kill(home, bundled["base"], "before_rename", tmp_path)[0] == -signal.SIGKILL
     leftovers = list(cfg.snapshots_dir.iterdir())
     assert snap.snapshot_ids(cfg.snapshots_dir) == []
     assert [p.name[: len(snap.TMP_PREFIX)] for p in leftovers] == [snap.TMP_PREFIX]
@@ -427,7 +428,7 @@ def test_kill_after_rename_before_ledger_is_recovered(
     home: Path, bundled: dict[str, Path], tmp_path: Path
 ) -> None:
     cfg = IngestConfig(home=home)
-    assert run_and_kill(home, bundled["base"], "before_ledger", tmp_path) == -signal.SIGKILL
+    assert run_and_kill(home, bundled["base"], "before_ledger", tmp_path)[0] == -signal.SIGKILL
     assert snap.snapshot_ids(cfg.snapshots_dir) == ["snap-0001"]
     assert_no_partial_snapshot(cfg.snapshots_dir)
     assert ledger_records(cfg) == []
@@ -444,29 +445,33 @@ def test_kill_after_rename_before_ledger_is_recovered(
     assert not list((home / "ledger").glob(f"{snap.TMP_PREFIX}*"))
 
 
-def test_kill_at_random_moments_never_shows_a_partial_snapshot(banking77_dir: Path, tmp_path: Path) -> None:
-    train = banking77_dir / "train.csv"
-    expected = ingest([train], IngestConfig(home=tmp_path / "reference", label_column="category")).accepted
-    rng = random.Random(0)
-    for attempt in range(4):
-        home = tmp_path / f"home-{attempt}"
-        cfg = IngestConfig(home=home, label_column="category")
-        # Ingesting 10,003 rows takes about 0.5 to 0.7 s after imports. One kill in each quarter of
-        # 0.1 to 1.0 s lands before, during and after the snapshot is written.
-        delay = 0.1 + (attempt + rng.random()) * 0.9 / 4
-        run_and_kill(home, train, "anywhere", tmp_path, delay=delay, label_column="category")
-        assert_no_partial_snapshot(cfg.snapshots_dir)
-        committed = snap.snapshot_ids(cfg.snapshots_dir)
+@pytest.mark.parametrize("written", ["train.parquet", "golden.parquet"])
+def test_kill_mid_write_keeps_the_old_snapshot_set(
+    home: Path, bundled: dict[str, Path], tmp_path: Path, written: str
+) -> None:
+    cfg = IngestConfig(home=home)
+    ingest([bundled["base"]], cfg)
+    old = {p.name: p.read_bytes() for p in (cfg.snapshots_dir / "snap-0001").iterdir()}
 
-        rerun = ingest([train], cfg)
-        assert_balanced(rerun)
-        assert snap.snapshot_ids(cfg.snapshots_dir) == ["snap-0001"]
-        assert not [p for p in cfg.snapshots_dir.iterdir() if p.name.startswith(snap.TMP_PREFIX)]
-        assert snap.load_manifest(cfg.snapshots_dir, "snap-0001").batch["accepted"] == expected
-        if committed:  # the kill came after the commit point: the re-run must add nothing
-            assert (rerun.accepted, rerun.skipped_files) == (0, [str(train)])
-        else:
-            assert rerun.accepted == expected
+    # The child stops right after writing `written` into the new snapshot, and is killed there.
+    code, note = run_and_kill(home, bundled["drift-1"], f"after_file:{written}", tmp_path)
+    assert code == -signal.SIGKILL
+    partial = Path(note).parent
+    on_disk = {p.name for p in partial.iterdir()}
+    assert written in on_disk and "manifest.json" not in on_disk  # the kill landed mid-write
+
+    assert snap.snapshot_ids(cfg.snapshots_dir) == ["snap-0001"]
+    assert {p.name: p.read_bytes() for p in (cfg.snapshots_dir / "snap-0001").iterdir()} == old
+    assert_no_partial_snapshot(cfg.snapshots_dir)
+    assert partial.name.startswith(snap.TMP_PREFIX)  # the half-written snapshot is invisible
+    assert [r["snapshot"] for r in ledger_records(cfg)] == ["snap-0001"]
+
+    rerun = ingest([bundled["drift-1"]], cfg)
+    assert_balanced(rerun)
+    assert (rerun.snapshot, rerun.accepted, rerun.skipped_files) == ("snap-0002", 100, [])
+    assert snap.snapshot_ids(cfg.snapshots_dir) == ["snap-0001", "snap-0002"]
+    assert sorted(p.name for p in cfg.snapshots_dir.iterdir()) == ["snap-0001", "snap-0002"]
+    assert_no_partial_snapshot(cfg.snapshots_dir)
 
 
 def test_two_concurrent_ingests_cut_one_snapshot(
