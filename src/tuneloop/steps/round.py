@@ -1,34 +1,46 @@
 """Step: one continual training round, from a snapshot to a registered, gated model version.
 
-    snapshot ──┐
-    champion ──┼─> replay sample ─> LoRA round (continues from the champion's adapter)
-    history  ──┘        │
+    snapshots new to the champion ──┐
+    champion ───────────────────────┼─> replay sample ─> LoRA round (from the champion's adapter)
+    snapshots it has seen ──────────┘        │
                         └─> score candidate and champion on new eval, golden and union
                               └─> gates (policy) ─> MLflow run + model version (+ `challenger`)
 
-A round is identified by `round_key` = hash(snapshot, parent version, train config); registering
-the same round twice returns the existing version, so a retried or resumed flow never makes a
-second one. Training itself resumes from its checkpoints under `<home>/work/rounds/<round_key>/`.
+A round is identified by `round_key` = hash(content of its snapshots, parent adapter sha256, train
+config, policy gates; see round_data.py). Find, train and register run under the registry lock
+`round-<key>`, so two runs of one round (a retry, a schedule and a manual run) register one version
+and the other returns it. Training resumes from its checkpoints under `<home>/work/rounds/<key>/`,
+a folder touched only under that lock.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import pandas as pd
 
 from tuneloop.config import Settings
 from tuneloop.data import snapshot as snap
 from tuneloop.registry.policy import Policy, load_policy
 from tuneloop.registry.store import Registry, RegistryError, VersionInfo, checksums, now_iso
+from tuneloop.steps.round_data import (
+    RoundData,
+    SnapshotPlan,
+    content_hashes,
+    load_round_data,
+    plan_round,
+    round_key,
+    round_label_set,
+    snapshot_list_tag,
+)
 from tuneloop.train.config import TrainConfig
 
 MODEL_ARTIFACT = "model"  # run artifact folder registered as the version's source
+# How long a second run of the same round waits for the first to finish before failing: a nightly
+# round on CPU takes minutes (BANKING77 on MiniLM: about 10) up to an hour; the holder renews its
+# lease while it trains, so waiting 2 h x 3,600 = 7,200 s outlasts any round that is still alive.
+ROUND_LOCK_WAIT_S = 7200.0
 
 
 def train_config(settings: Settings, **overrides: Any) -> TrainConfig:
@@ -50,49 +62,6 @@ def train_config(settings: Settings, **overrides: Any) -> TrainConfig:
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(values)
-
-
-def round_key(snapshot_id: str, parent_version: str | None, cfg: TrainConfig) -> str:
-    payload = json.dumps(
-        {"snapshot": snapshot_id, "parent": parent_version, "config": cfg.to_dict()}, sort_keys=True
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-@dataclass
-class RoundData:
-    snapshot_id: str
-    train: pd.DataFrame  # new rows + replayed rows
-    new_eval: pd.DataFrame
-    stop_eval: pd.DataFrame  # early stopping: new eval + as many earlier eval rows
-    golden: pd.DataFrame
-    replay: pd.DataFrame
-    replay_manifest: dict[str, Any]
-
-
-def load_round_data(settings: Settings, snapshot_id: str, cfg: TrainConfig) -> RoundData:
-    """The snapshot's train rows plus a replay sample of every earlier snapshot's train rows."""
-    from tuneloop.train.replay import replay_manifest, select_replay
-
-    folder = settings.snapshots_dir
-    new_train = snap.load_split(folder, snapshot_id, "train").assign(snapshot=snapshot_id)
-    earlier = [sid for sid in snap.snapshot_ids(folder) if sid < snapshot_id]
-    history = snap.load_all(folder, "train", upto=earlier[-1]) if earlier else new_train.iloc[0:0]
-    replay = select_replay(history, len(new_train), cfg.replay_fraction, cfg.seed)
-    new_eval = snap.load_split(folder, snapshot_id, "eval")
-    # Early stopping must see the old labels too: scored on the new eval split alone (a drift batch
-    # may hold one new intent), the best epoch is the one that forgets most.
-    old_eval = snap.load_all(folder, "eval", upto=earlier[-1]) if earlier else new_eval.iloc[0:0]
-    old_eval_sample = select_replay(old_eval, len(new_eval), 1.0, cfg.seed) if earlier else old_eval
-    return RoundData(
-        snapshot_id=snapshot_id,
-        train=pd.concat([new_train, replay], ignore_index=True),
-        new_eval=new_eval,
-        stop_eval=pd.concat([new_eval, old_eval_sample], ignore_index=True),
-        golden=snap.load_golden(folder, upto=snapshot_id),
-        replay=replay,
-        replay_manifest=replay_manifest(replay),
-    )
 
 
 def latest_snapshot(settings: Settings) -> str:
@@ -135,35 +104,94 @@ def train_step(
     **config_overrides: Any,
 ) -> dict[str, Any]:
     """Train, evaluate, gate and register one round; return what `tuneloop train --json` prints."""
+    if settings.golden_per_label == 0:
+        # No golden set means forgetting cannot be judged: every gate that needs it fails closed, so
+        # each round would train for nothing and be refused. Refuse before any work, and say why.
+        raise ValueError(
+            "golden_per_label is 0, so there is no golden set and no round can pass the gates "
+            "(forgetting and the union score cannot be judged); set golden_per_label >= 1 "
+            "(TUNELOOP_GOLDEN_PER_LABEL) before ingesting."
+        )
+    policy = policy or load_policy(settings.policy_path)
+    registry = Registry(settings)
+    snapshot_id = snapshot_id or latest_snapshot(settings)
+    cfg = train_config(settings, **config_overrides)
+    champion = registry.alias("champion")
+    plan = plan_round(settings.snapshots_dir, snapshot_id, _parent_snapshot(champion))
+    key = round_key(
+        content_hashes(settings.snapshots_dir, plan.new),
+        content_hashes(settings.snapshots_dir, plan.seen),
+        _parent_adapter_sha256(champion),
+        cfg,
+        policy.gates.model_dump(mode="json"),
+    )
+    existing = registry.find_by_round_key(key)
+    if existing is None:
+        # Find, train and register under one lock, checking again inside it: a scheduled run and a
+        # manual run of the same round otherwise both register, and both write the work folder.
+        with registry.lock(f"round-{key}", timeout_s=ROUND_LOCK_WAIT_S):
+            existing = registry.find_by_round_key(key)
+            if existing is None:
+                info = _train_and_register(registry, settings, plan, cfg, champion, key, policy, progress)
+                finish_registration(registry, info, policy)
+                return round_summary(registry.get_version(info.version), reused=False)
+    finish_registration(registry, existing, policy)
+    return round_summary(registry.get_version(existing.version), reused=True)
+
+
+def _parent_snapshot(champion: VersionInfo | None) -> str | None:
+    if champion is None:
+        return None
+    newest = champion.tags.get("data_snapshot")
+    if not newest:
+        raise RegistryError(
+            f"champion v{champion.version} has no data_snapshot tag, so the snapshots it has not seen "
+            "cannot be told apart; it was not registered by `tuneloop train`."
+        )
+    return newest
+
+
+def _parent_adapter_sha256(champion: VersionInfo | None) -> str | None:
+    if champion is None:
+        return None
+    sha = champion.tags.get("adapter_sha256")
+    if not sha:
+        raise RegistryError(
+            f"champion v{champion.version} has no adapter_sha256 tag: its adapter cannot be verified, "
+            "so no round continues from it."
+        )
+    return sha
+
+
+def _train_and_register(
+    registry: Registry,
+    settings: Settings,
+    plan: SnapshotPlan,
+    cfg: TrainConfig,
+    champion: VersionInfo | None,
+    key: str,
+    policy: Policy,
+    progress: bool,
+) -> VersionInfo:
+    """The body of a round; call it only while holding the round's lock (it owns the work folder)."""
     from tuneloop.evaluate.gates import decide_gates
     from tuneloop.evaluate.report import build_report
     from tuneloop.train.trainer import train_round
 
-    policy = policy or load_policy(settings.policy_path)
-    registry = Registry(settings)
-    snapshot_id = snapshot_id or latest_snapshot(settings)
-    snap.load_manifest(settings.snapshots_dir, snapshot_id)  # clear error for an unknown id
-    cfg = train_config(settings, **config_overrides)
-    champion = registry.alias("champion")
     parent = champion.version if champion else None
-    key = round_key(snapshot_id, parent, cfg)
-
-    existing = registry.find_by_round_key(key)
-    if existing is not None:
-        finish_registration(registry, existing, policy)
-        return round_summary(registry.get_version(existing.version), reused=True)
-
     work = settings.work_dir / "rounds" / key
-    data = load_round_data(settings, snapshot_id, cfg)
+    data = load_round_data(settings, plan, cfg)
     parent_adapter = None
-    labels = sorted(set(data.train["label"]))
+    parent_labels: list[str] = []
     if champion is not None:
-        parent_adapter = registry.download(champion.version, "adapter", work / "parent")
-        from tuneloop.train.model import merge_labels, read_labels
+        from tuneloop.train.model import read_labels
 
-        labels = merge_labels(
-            read_labels(parent_adapter), set(data.train["label"]) | set(data.golden["label"])
-        )
+        shutil.rmtree(work / "parent", ignore_errors=True)
+        # verify=True: the sha256 of every downloaded file against checksums.json and the
+        # adapter_sha256 tag; a round never continues from weights that are not the registered ones.
+        parent_adapter = registry.download(champion.version, "adapter", work / "parent", verify=True)
+        parent_labels = read_labels(parent_adapter)
+    labels = round_label_set(parent_labels, data)
 
     result = train_round(data.train, data.stop_eval, labels, work, cfg, parent_adapter, progress=progress)
 
@@ -173,14 +201,12 @@ def train_step(
     )
     baseline = None
     if parent_adapter is not None:
-        from tuneloop.train.model import read_labels
-
         baseline = build_report(
             predictor(parent_adapter, cfg.max_length),
             sets,
             result.labels,
             version=parent,
-            model_labels=read_labels(parent_adapter),
+            model_labels=parent_labels,
         )
     decision = decide_gates(candidate, baseline, policy.gates)
 
@@ -195,9 +221,8 @@ def train_step(
     tags["adapter_sha256"] = sums["adapter/adapter_model.safetensors"]
     tags["merged_sha256"] = sums["merged/model.safetensors"]
     info = registry.register(run_id, MODEL_ARTIFACT, tags)
-    finish_registration(registry, info, policy)
     shutil.rmtree(work / "parent", ignore_errors=True)
-    return round_summary(registry.get_version(info.version), reused=False)
+    return info
 
 
 def version_tags(
@@ -212,6 +237,7 @@ def version_tags(
 ) -> dict[str, str]:
     tags = {
         "data_snapshot": data.snapshot_id,
+        "data_snapshots": snapshot_list_tag(data.snapshot_ids),
         "parent_version": parent or "none",
         "base_model": cfg.base_model,
         "round_key": key,
@@ -239,16 +265,34 @@ def _fit_tag(reasons: list[str], limit: int = 4800) -> list[str]:
     return kept
 
 
+def challenger_moves_to(version: str, challenger: str | None, champion: str | None) -> bool:
+    """Whether `challenger` may point at `version`: only forward, past the challenger and champion.
+
+    A re-run of an old round finds its old version; pointing the alias there would move it
+    backwards, over a newer candidate (or offer a version older than what already serves).
+    """
+    floor = max((int(v) for v in (challenger, champion) if v is not None), default=0)
+    return int(version) > floor
+
+
 def finish_registration(registry: Registry, info: VersionInfo, policy: Policy) -> None:
-    """Idempotent tail of a round: challenger alias and auto-approval, per policy."""
+    """Idempotent tail of a round: auto-approval per policy, and `challenger` moved forward only."""
     if not info.gate_passed:
         return
-    if policy.approval.auto_approve and info.approval == "pending":
-        registry.set_tags(
-            info.version,
-            {"approval": "approved", "approval_by": "policy:auto_approve", "approval_at": now_iso()},
-        )
-    registry.set_alias("challenger", info.version)
+    with registry.lock("aliases"):
+        info = registry.get_version(info.version)  # fresh: a person may have rejected it meanwhile
+        if info.approval == "rejected":
+            return
+        if policy.approval.auto_approve and info.approval == "pending":
+            registry.set_tags(
+                info.version,
+                {"approval": "approved", "approval_by": "policy:auto_approve", "approval_at": now_iso()},
+            )
+        current, champion = registry.alias("challenger"), registry.alias("champion")
+        if challenger_moves_to(
+            info.version, current.version if current else None, champion.version if champion else None
+        ):
+            registry.set_alias("challenger", info.version)
 
 
 def round_summary(info: VersionInfo, reused: bool) -> dict[str, Any]:
@@ -298,6 +342,7 @@ def log_round(
         tags={
             "tuneloop.kind": "train",
             "data_snapshot": data.snapshot_id,
+            "data_snapshots": snapshot_list_tag(data.snapshot_ids),
             "parent_version": parent or "none",
         },
     ) as run:
@@ -308,6 +353,7 @@ def log_round(
                 "train_rows": len(data.train),
                 "replay_rows": len(data.replay),
                 "parent_version": parent or "none",
+                "data_snapshots": snapshot_list_tag(data.snapshot_ids),
             }
         )
         for record in result.history:
@@ -345,7 +391,8 @@ def log_round(
         (report_dir / "replay_manifest.json").write_text(json.dumps(data.replay_manifest, indent=2))
         (report_dir / "train_history.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
         mlflow.log_artifacts(str(report_dir), "report")
-        log_snapshot_inputs(settings.snapshots_dir / data.snapshot_id, data.snapshot_id, ("train", "eval"))
+        for sid in data.snapshot_ids:
+            log_snapshot_inputs(settings.snapshots_dir / sid, sid, ("train", "eval"))
 
         model_dir = work / "model"
         shutil.rmtree(model_dir, ignore_errors=True)
@@ -357,22 +404,5 @@ def log_round(
         return str(run.info.run_id)
 
 
-def approve_step(
-    settings: Settings, version: str, by: str, reject: bool = False, note: str = ""
-) -> dict[str, Any]:
-    """Record a person's decision on a version, exactly as setting the tag in the MLflow UI does."""
-    policy = load_policy(settings.policy_path)
-    if policy.approval.approvers and by not in policy.approval.approvers:
-        raise RegistryError(
-            f"{by!r} is not an approver in {settings.policy_path}: {policy.approval.approvers}"
-        )
-    registry = Registry(settings)
-    info = registry.get_version(version)
-    state = "rejected" if reject else "approved"
-    registry.set_tags(
-        info.version, {"approval": state, "approval_by": by, "approval_at": now_iso(), "approval_note": note}
-    )
-    registry.record_event(info.version, f"approval.{state}", {"by": by, "note": note})
-    if reject and "challenger" in info.aliases:
-        registry.clear_alias("challenger")
-    return {"version": info.version, "approval": state, "by": by}
+# approve_step lives with promotion (steps/release.py): both move aliases under the same lock.
+from tuneloop.steps.release import approve_step as approve_step  # noqa: E402

@@ -1,0 +1,167 @@
+"""What one round trains and is judged on: the snapshots new to the parent, replay, eval sets, labels.
+
+A round trains on EVERY snapshot its parent (the champion) has not seen, not just the newest: ingest
+polls every 15 minutes and the round is nightly, so up to 96 snapshots can be cut between two
+rounds, and rows of all but the newest would otherwise reach training only through a replay sample.
+Every round trains on all snapshots after its parent's newest one (`data_snapshot` tag), so what a
+lineage has seen is always a prefix of the snapshots in numeric order: "seen" = the parent's newest
+and every snapshot before it. With no parent, every snapshot is new (a first round trains on all).
+
+The round key names the inputs by content, not by home-local ids: the content hash of every snapshot
+(trained and replayed), the parent adapter's sha256, the train config and the policy's gates (a
+policy change must re-judge the round, never reuse the old verdict).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tuneloop.config import Settings
+from tuneloop.data import snapshot as snap
+from tuneloop.train.config import TrainConfig
+
+# A version tag holds the trained snapshot ids while they fit in this many characters; past that it
+# holds "first..last (N snapshots)" and the full list stays in replay_manifest.json. 4,800 keeps under
+# the 5,000-character tag limit of older MLflow stores: 436 ids of 11 characters ("snap-0001,").
+SNAPSHOT_LIST_TAG_CHARS = 4800
+
+
+class NothingNewError(ValueError):
+    """The parent has already been trained on every snapshot up to the one asked for."""
+
+
+@dataclass(frozen=True)
+class SnapshotPlan:
+    """Which snapshots a round trains on (`new`) and which it may replay (`seen` by the parent)."""
+
+    target: str  # newest trained snapshot: the version's `data_snapshot` tag
+    new: list[str]
+    seen: list[str]
+
+
+def plan_snapshots(upto: Sequence[str], seen: Iterable[str]) -> SnapshotPlan:
+    """Split the snapshots up to the target (numeric order, target last) into new and seen ones."""
+    if not upto:
+        raise ValueError("plan_snapshots needs at least the target snapshot")
+    known = set(seen)
+    new = [sid for sid in upto if sid not in known]
+    if not new:
+        raise NothingNewError(
+            f"the champion has already been trained on every snapshot up to {upto[-1]}; ingest new "
+            "data (or name a newer snapshot) before training a round."
+        )
+    return SnapshotPlan(target=upto[-1], new=new, seen=[sid for sid in upto if sid in known])
+
+
+def plan_round(snapshots_dir: Path, target: str, parent_snapshot: str | None) -> SnapshotPlan:
+    """The plan for a round on `target` from a parent whose newest snapshot is `parent_snapshot`."""
+    snap.load_manifest(snapshots_dir, target)  # clear error for an unknown id
+    upto = [*snap.snapshots_before(snapshots_dir, target), target]
+    seen: list[str] = []
+    if parent_snapshot is not None:
+        snap.load_manifest(snapshots_dir, parent_snapshot)  # the champion's data must be here
+        seen = [*snap.snapshots_before(snapshots_dir, parent_snapshot), parent_snapshot]
+    return plan_snapshots(upto, seen)
+
+
+@dataclass
+class RoundData:
+    snapshot_id: str  # newest trained snapshot
+    snapshot_ids: list[str]  # every snapshot trained as new rows, oldest first
+    train: pd.DataFrame  # new rows + replayed rows
+    new_eval: pd.DataFrame
+    stop_eval: pd.DataFrame  # early stopping: new eval + earlier eval rows covering every old label
+    golden: pd.DataFrame
+    replay: pd.DataFrame
+    replay_manifest: dict[str, Any]
+    history_snapshots: list[str] = field(default_factory=list)
+
+
+def _concat(snapshots_dir: Path, ids: Sequence[str], split: str) -> pd.DataFrame:
+    frames = [snap.load_split(snapshots_dir, sid, split).assign(snapshot=sid) for sid in ids]
+    if not frames:
+        return pd.DataFrame(columns=[*snap.COLUMNS, "snapshot"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def load_round_data(settings: Settings, plan: SnapshotPlan, cfg: TrainConfig) -> RoundData:
+    """Train rows of every new snapshot plus a replay sample of the seen ones' train rows."""
+    from tuneloop.train.replay import replay_manifest, select_replay
+
+    folder = settings.snapshots_dir
+    new_train = _concat(folder, plan.new, "train")
+    new_eval = _concat(folder, plan.new, "eval")
+    history = _concat(folder, plan.seen, "train")
+    # select_replay covers every label in history (at least one row each), so no old label goes
+    # unrehearsed however small the new data is.
+    replay = select_replay(history, len(new_train), cfg.replay_fraction, cfg.seed)
+    # Early stopping must see the old labels too: scored on the new eval split alone (a drift batch
+    # may hold one new intent), the best epoch is the one that forgets most. A fraction of 1.0 with
+    # label cover: as many old eval rows as new ones, at least one per old label.
+    old_eval = _concat(folder, plan.seen, "eval")
+    old_eval_sample = select_replay(old_eval, len(new_eval), 1.0, cfg.seed)
+    manifest = {**replay_manifest(replay), "trained_snapshots": plan.new, "history_snapshots": plan.seen}
+    return RoundData(
+        snapshot_id=plan.target,
+        snapshot_ids=list(plan.new),
+        train=pd.concat([new_train, replay], ignore_index=True),
+        new_eval=new_eval,
+        stop_eval=pd.concat([new_eval, old_eval_sample], ignore_index=True),
+        golden=_concat(folder, [*plan.seen, *plan.new], "golden"),
+        replay=replay,
+        replay_manifest=manifest,
+        history_snapshots=list(plan.seen),
+    )
+
+
+def round_label_set(parent_labels: Sequence[str], data: RoundData) -> list[str]:
+    """The parent's labels in their order, then every other label the round trains or is scored on.
+
+    Train, early-stopping eval, new eval and golden labels all belong to the head: a label only in
+    the golden set (its rows all frozen) or only in the old eval sample would otherwise reach the
+    trainer or the scorer as an unknown label and crash the round after the training was paid for.
+    """
+    frames = (data.train, data.stop_eval, data.new_eval, data.golden)
+    others = {str(label) for frame in frames for label in frame["label"]}
+    return [*parent_labels, *sorted(others - set(parent_labels))]
+
+
+def round_key(
+    content_hashes: Sequence[str],
+    history_hashes: Sequence[str],
+    parent_adapter_sha256: str | None,
+    cfg: TrainConfig,
+    gates: dict[str, Any],
+) -> str:
+    """A stable id of a round's inputs by content: same inputs, same key, same registered version."""
+    payload = json.dumps(
+        {
+            "trained": list(content_hashes),
+            "history": list(history_hashes),
+            "parent_adapter_sha256": parent_adapter_sha256,
+            "config": cfg.to_dict(),
+            "gates": gates,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def content_hashes(snapshots_dir: Path, ids: Sequence[str]) -> list[str]:
+    """The manifest content hash of each snapshot, in the order given."""
+    return [snap.load_manifest(snapshots_dir, sid).content_hash for sid in ids]
+
+
+def snapshot_list_tag(ids: Sequence[str]) -> str:
+    """Comma-separated ids, or 'first..last (N snapshots)' when the list is too long for a tag."""
+    text = ",".join(ids)
+    if len(text) <= SNAPSHOT_LIST_TAG_CHARS:
+        return text
+    return f"{ids[0]}..{ids[-1]} ({len(ids)} snapshots; all in replay_manifest.json)"
