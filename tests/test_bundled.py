@@ -127,3 +127,14 @@ def test_base_is_learnable_and_drift_hurts_a_base_model(frames: dict[str, pd.Dat
     # Measured: about 0.99 on held-out base rows, 0.57 on drift-1.
     assert base_acc >= 0.9
     assert drift_acc <= base_acc - 0.2
+
+
+def test_messy_drop_has_one_row_of_each_fault(tmp_path: Path, home: Path) -> None:
+    from tuneloop.data.messy import write_messy
+    from tuneloop.data.validate import REASONS
+
+    cfg = IngestConfig(home=home)
+    ingest([write_bundled(tmp_path / "data")["base"]], cfg)
+    summary = ingest(write_messy(tmp_path / "messy"), cfg)
+    assert summary.reasons == dict.fromkeys(sorted(REASONS), 1)
+    assert (summary.rows, summary.accepted, summary.duplicates, summary.quarantined) == (12, 2, 1, 9)
