@@ -1,7 +1,8 @@
 """Flow `ingest`: pick up new labelled files, validate, quarantine, de-duplicate, cut a snapshot.
 
-Safe to retry and to schedule often: ingest is idempotent (files are recognised by content hash)
-and a killed run leaves no partial snapshot.
+Safe to retry and to schedule often: ingest is idempotent (files are recognised by content hash),
+a killed run leaves no partial snapshot, files still being written wait for a later run, and a
+snapshot whose MLflow lineage failed to log is logged by the task's retry or the next run.
 """
 
 from __future__ import annotations
