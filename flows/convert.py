@@ -1,6 +1,8 @@
 """Flow `convert`: ONNX, INT8 and (on GPUs) TensorRT artifacts for a version, gated by parity.
 
-Idempotent: a version already converted with the same settings returns its recorded result.
+Idempotent: a version already converted with the same key (model, data, settings, thresholds,
+converter, TensorRT host) returns its recorded result. The TensorRT line says built, skipped: why,
+or failed: why (a failed engine is never published; the CPU artifacts still are).
 """
 
 from __future__ import annotations
@@ -24,6 +26,6 @@ def convert_flow(version: str, calibrate: bool = True, tensorrt: str = "auto") -
     result = convert_task(version, calibrate, tensorrt)
     verdict = "passed" if result["parity"]["passed"] else "failed: " + "; ".join(result["parity"]["reasons"])
     get_run_logger().info(
-        f"v{version} conversion {verdict}; TensorRT: {result['tensorrt'].get('skipped') or 'built'}"
+        f"v{version} conversion {verdict}; TensorRT: {result['tensorrt']['status']}"
     )
     return result

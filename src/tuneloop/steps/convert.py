@@ -1,17 +1,21 @@
 """Step: turn a registered version into serving artifacts, gated by parity, recorded on the version.
 
-    merged model (from the version) ─> ONNX fp32 ─> fused fp32 ─> INT8 (Q/DQ, calibrated on a seeded
-    sample of the version's training snapshot) ─> TensorRT plan (where a GPU and TensorRT exist)
-    └─> parity on the eval split and the golden set against PyTorch (thresholds: policy `conversion`)
+    merged model (from the version, sha256-verified) ─> ONNX fp32 ─> fused fp32 ─> INT8 (Q/DQ,
+    calibrated on a seeded sample of the version's training snapshot) ─> TensorRT plan (where a GPU
+    and TensorRT exist) └─> parity on the eval split and the golden set (policy `conversion`)
 
-The artifacts are logged into the version's own run under `model/onnx/`, so one registry version
-holds the adapter, the merged model and every converted file, each with its sha256 in the tags
-(`onnx_sha256`, `onnx_opt_sha256`, `int8_sha256`, `trt_sha256`) for the service to verify. A
-failed parity is recorded (`conversion=failed`, with the figures) and the version is never served.
+Each conversion is logged into the version's run under a NEW folder, `conversions/<key>/`, outside
+the version's source (`model/`): what a version serves from never changes once published, and a
+re-conversion with other settings writes beside the old one. The version's tags then describe that
+one conversion: `conversion_path`, the checksums (`onnx_sha256`, `onnx_opt_sha256`, `int8_sha256`,
+`trt_sha256`), `trt` (built / skipped: why / failed: why), and `conversion=passed|failed` set last;
+any tag of an earlier conversion the new one does not set is deleted. A failed parity is recorded
+with its figures and the version is never served.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import asdict
@@ -23,12 +27,28 @@ from tuneloop.data import snapshot as snap
 from tuneloop.registry.policy import load_policy
 from tuneloop.registry.store import Registry, RegistryError, now_iso
 
-ONNX_ARTIFACT = "onnx"  # under the version's model folder: runs:/<run>/model/onnx
+CONVERSIONS = "conversions"  # runs:/<run>/conversions/<key>/, beside the version's source model/
+SUMMARY = "conversion_summary.json"
 TAG_FOR = {
     "model.onnx": "onnx_sha256",
     "model.opt.onnx": "onnx_opt_sha256",
     "model.int8.onnx": "int8_sha256",
+    "model.int8.trt.onnx": "int8_trt_sha256",
 }
+# Every tag a conversion writes. One the newest conversion does not set is deleted, so the tags
+# never mix two conversions (a `trt_sha256` of a run that built an engine beside a later skip).
+CONVERSION_TAGS = (
+    *TAG_FOR.values(),
+    "trt",
+    "trt_sha256",
+    "conversion_key",
+    "conversion_path",
+    "conversion_at",
+    "conversion_reasons",
+    "conversion",
+)
+# MLflow keeps tag values up to 5,000 characters in 2.x; stay well inside that.
+TAG_CHARS = 4000
 
 
 def conversion_settings(settings: Settings, tensorrt: str = "auto") -> Any:
@@ -42,31 +62,65 @@ def conversion_settings(settings: Settings, tensorrt: str = "auto") -> Any:
     )
 
 
+def conversion_key(inputs: dict[str, Any]) -> str:
+    """20 hex digits (80 bits) of sha256 over everything that decides the files and the verdict."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def key_inputs(
+    model_sha256: str,
+    data: dict[str, Any],
+    conv: Any,
+    calibrate: bool,
+    thresholds: dict[str, Any],
+    converter_version: int,
+    tensorrt: str,
+) -> dict[str, Any]:
+    """What a conversion's key covers: model and data content, settings, policy, converter, host.
+
+    `tensorrt` is "off", or what `tensorrt_status` says (TensorRT version and GPU, or why not), so
+    a host that gains or changes a GPU converts again rather than reusing a skip.
+    """
+    return {
+        "model_sha256": model_sha256,
+        "data": data,
+        "settings": {**asdict(conv), "calibrate": calibrate},
+        "thresholds": thresholds,
+        "converter": converter_version,
+        "tensorrt": tensorrt,
+    }
+
+
 def convert_step(
     settings: Settings, version: str, calibrate: bool = True, tensorrt: str = "auto"
 ) -> dict[str, Any]:
-    """Convert `version`; reuse the recorded result when it was converted with the same settings."""
-    from tuneloop.convert.pipeline import convert_model
+    """Convert `version`; reuse the recorded result when its key (see `key_inputs`) is unchanged.
 
+    Serialised per version through the registry lock, so two workers never interleave the tags.
+    """
     registry = Registry(settings)
     info = registry.get_version(version)
-    conv = conversion_settings(settings, tensorrt)
-    settings_key = json.dumps({**asdict(conv), "calibrate": calibrate}, sort_keys=True, default=str)
-    if info.tags.get("conversion") in ("passed", "failed") and info.tags.get("conversion_key") == _short(
-        settings_key
-    ):
-        recorded = registry.download(info.version, f"{ONNX_ARTIFACT}/conversion_summary.json")
-        return {**json.loads(Path(recorded).read_text()), "reused": True}
+    with registry.lock(f"convert-v{info.version}"):
+        return _convert(registry, settings, info.version, calibrate, tensorrt)
 
+
+def _convert(
+    registry: Registry, settings: Settings, version: str, calibrate: bool, tensorrt: str
+) -> dict[str, Any]:
+    from tuneloop.convert.pipeline import CONVERTER_VERSION, convert_model
+    from tuneloop.convert.quantize import texts_sha256
+    from tuneloop.convert.tensorrt import tensorrt_status
+
+    info = registry.get_version(version)  # read again under the lock
     snapshot_id = info.tags.get("data_snapshot")
-    if not snapshot_id:
+    model_sha = info.tags.get("merged_sha256")
+    if not snapshot_id or not model_sha:
         raise RegistryError(
-            f"v{info.version} has no data_snapshot tag: it was not registered by tuneloop train"
+            f"v{info.version} lacks the data_snapshot or merged_sha256 tag: it was not registered by "
+            "tuneloop train, so what it holds cannot be converted reproducibly"
         )
-    work = settings.work_dir / "convert" / f"v{info.version}"
-    merged = registry.download(info.version, "merged", work / "input")
     folder = settings.snapshots_dir
-    train = snap.load_split(folder, snapshot_id, "train")
+    manifest = snap.load_manifest(folder, snapshot_id)
     eval_split = snap.load_split(folder, snapshot_id, "eval")
     golden = snap.load_golden(folder, upto=snapshot_id)
     eval_sets = {
@@ -74,20 +128,53 @@ def convert_step(
         for name, frame in (("eval", eval_split), ("golden", golden))
         if not frame.empty
     }
-    calibration = train["text"].tolist() if calibrate else None
     policy = load_policy(settings.policy_path)
+    conv = conversion_settings(settings, tensorrt)
+    data = {
+        "snapshot": snapshot_id,
+        "content_hash": manifest.content_hash,
+        "golden_sha256": texts_sha256([json.dumps(eval_sets.get("golden", ([], [])), default=str)]),
+    }
+    trt = "off" if tensorrt == "off" else tensorrt_status()[1]
+    key = conversion_key(
+        key_inputs(model_sha, data, conv, calibrate, policy.conversion.model_dump(), CONVERTER_VERSION, trt)
+    )
+    recorded_path = info.tags.get("conversion_path")
+    verdict = info.tags.get("conversion") in ("passed", "failed")
+    if verdict and info.tags.get("conversion_key") == key and recorded_path and info.run_id:
+        return {**_read_summary(registry, info.run_id, recorded_path, info.tags), "reused": True}
+
+    work = settings.work_dir / "convert" / f"v{info.version}"
+    shutil.rmtree(work / "input", ignore_errors=True)  # never convert a stale or partial download
+    # verify=True: every file against the version's checksums.json and merged_sha256; a mismatch
+    # raises naming the file and both hashes, before anything is converted or recorded.
+    merged = registry.download(info.version, "merged", work / "input", verify=True)
+    train = snap.load_split(folder, snapshot_id, "train")
+    calibration = train["text"].tolist() if calibrate else None
     result = convert_model(merged, work / "out", calibration, eval_sets, policy.conversion, conv)
 
     summary = _summary(info.version, result, snapshot_id)
-    _record(registry, info.version, info.run_id, result, summary, _short(settings_key))
+    _record(registry, info, result, summary, key)
     shutil.rmtree(work / "input", ignore_errors=True)
     return summary
 
 
-def _short(text: str) -> str:
-    import hashlib
+def _read_summary(registry: Registry, run_id: str, path: str, tags: dict[str, str]) -> dict[str, Any]:
+    """The recorded summary of the conversion the tags describe, checked against their checksums."""
+    import tempfile
 
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    with tempfile.TemporaryDirectory(prefix="tuneloop-summary-") as tmp:
+        local = registry.client.download_artifacts(run_id, f"{path}/{SUMMARY}", tmp)
+        summary: dict[str, Any] = json.loads(Path(local).read_text())
+    for name, tag in TAG_FOR.items():
+        recorded = summary["artifacts"].get(name, {}).get("sha256")
+        if recorded != tags.get(tag):
+            raise RegistryError(
+                f"{path}/{SUMMARY} says {name} has sha256 {recorded}, the version's {tag} tag says "
+                f"{tags.get(tag)}: the record is inconsistent; run `tuneloop convert` with other "
+                "settings or repair the tags"
+            )
+    return summary
 
 
 def _summary(version: str, result: Any, snapshot_id: str) -> dict[str, Any]:
@@ -108,7 +195,7 @@ def _summary(version: str, result: Any, snapshot_id: str) -> dict[str, Any]:
         },
         "quantization": result.quantization,
         "fusions": result.fusions,
-        "tensorrt": asdict(result.tensorrt),
+        "tensorrt": {**asdict(result.tensorrt), "status": result.tensorrt.status},
         "seconds": {k: round(v, 2) for k, v in result.seconds.items()},
         "reused": False,
     }
@@ -116,9 +203,11 @@ def _summary(version: str, result: Any, snapshot_id: str) -> dict[str, Any]:
 
 def parity_markdown(summary: dict[str, Any]) -> str:
     """The parity table shown on the model version page of the MLflow UI."""
+    engine = summary["tensorrt"]
+    trt_line = engine.get("status") or engine.get("skipped") or "built"
     lines = [
         f"**Conversion {'passed' if summary['parity']['passed'] else 'FAILED'}** "
-        f"({summary['quantization']} INT8; TensorRT: {summary['tensorrt'].get('skipped') or 'built'})",
+        f"({summary['quantization']} INT8; TensorRT: {trt_line})",
         "",
         "| set | rows | fp32 max abs dlogit | torch macro-F1 | INT8 macro-F1 | drop (pts) | agreement |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -130,6 +219,17 @@ def parity_markdown(summary: dict[str, Any]) -> str:
             f"{_fmt(s['int8_argmax_agreement'])} |"
         )
     lines += [""] + [f"- {reason}" for reason in summary["parity"]["reasons"]]
+    if engine.get("parity"):
+        lines += [
+            "",
+            "| TensorRT engine vs fp32 | rows | macro-F1 | drop (pts) | agreement | max abs dlogit |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, e in engine["parity"].items():
+            lines.append(
+                f"| {name} | {e['n']} | {_fmt(e['macro_f1'])} | {_fmt(e['macro_f1_drop_points'], 2)} | "
+                f"{_fmt(e['argmax_agreement'])} | {_fmt(e['max_abs_logit_diff'], 3)} |"
+            )
     return "\n".join(lines)
 
 
@@ -137,39 +237,58 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _record(
-    registry: Registry, version: str, run_id: str | None, result: Any, summary: dict[str, Any], key: str
-) -> None:
-    """Log artifacts into the version's run (model/onnx), then tags: the tag `conversion` goes last."""
-    if run_id is None:
-        raise RegistryError(f"v{version} has no run to attach its conversion to")
+def _free_path(registry: Registry, run_id: str, path: str) -> str:
+    """`path`, or `path.2`, `path.3`, ... if a crashed earlier attempt left files there: a
+    published folder is never written into again."""
+    candidate, n = path, 1
+    while registry.client.list_artifacts(run_id, candidate):
+        n += 1
+        candidate = f"{path}.{n}"
+    return candidate
+
+
+def _record(registry: Registry, info: Any, result: Any, summary: dict[str, Any], key: str) -> None:
+    """Log the files to a new `conversions/<key>/`, then the tags; `conversion` goes last."""
+    if info.run_id is None:
+        raise RegistryError(f"v{info.version} has no run to attach its conversion to")
+    run_id, version, client = info.run_id, info.version, registry.client
     out = Path(result.out_dir)
     staging = out.parent / "publish"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     for name in result.artifacts:
         shutil.copy2(out / name, staging / name)
-    (staging / "conversion_summary.json").write_text(json.dumps(summary, indent=2))
+    (staging / SUMMARY).write_text(json.dumps(summary, indent=2))
     (staging / "parity.md").write_text(parity_markdown(summary))
-    client = registry.client
-    client.log_artifacts(run_id, str(staging), f"model/{ONNX_ARTIFACT}")
+    path = _free_path(registry, run_id, f"{CONVERSIONS}/{key}")
+    client.log_artifacts(run_id, str(staging), path)
+    shutil.rmtree(staging, ignore_errors=True)
     for set_name, figures in summary["parity"]["sets"].items():
         for metric in ("fp32_max_abs_logit_diff", "int8_macro_f1_drop_points", "int8_argmax_agreement"):
             if figures.get(metric) is not None:
                 client.log_metric(run_id, f"parity.{set_name}.{metric}", float(figures[metric]))
     tags = {TAG_FOR[name]: art["sha256"] for name, art in summary["artifacts"].items() if name in TAG_FOR}
     engine = summary["tensorrt"]
-    tags["trt"] = engine["skipped"] or f"built ({Path(engine['path']).name})"
-    if engine.get("sha256"):
+    tags["trt"] = engine["status"][:TAG_CHARS]
+    if engine.get("path") and engine.get("sha256"):  # only a published plan, one in parity
         tags["trt_sha256"] = engine["sha256"]
     tags.update(
         {
             "conversion_key": key,
+            "conversion_path": path,
             "conversion_at": now_iso(),
-            "conversion_reasons": json.dumps(summary["parity"]["reasons"])[:4000],
+            "conversion_reasons": json.dumps(summary["parity"]["reasons"])[:TAG_CHARS],
         }
     )
+    # Withdraw the verdict first: while the tags change, the version claims no conversion at all.
+    _delete_tags(registry, version, ["conversion"] if "conversion" in info.tags else [])
     registry.set_tags(version, tags)
+    stale = [t for t in CONVERSION_TAGS if t in info.tags and t not in tags and t != "conversion"]
+    _delete_tags(registry, version, stale)
     client.update_model_version(registry.model_name, version, description=parity_markdown(summary))
     registry.set_tags(version, {"conversion": "passed" if summary["parity"]["passed"] else "failed"})
-    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _delete_tags(registry: Registry, version: str, names: list[str]) -> None:
+    for name in names:
+        registry.client.delete_model_version_tag(registry.model_name, str(version), name)
