@@ -25,7 +25,5 @@ def convert_flow(version: str, calibrate: bool = True, tensorrt: str = "auto") -
     """Convert `version`; the parity verdict is recorded on the version (tag `conversion`)."""
     result = convert_task(version, calibrate, tensorrt)
     verdict = "passed" if result["parity"]["passed"] else "failed: " + "; ".join(result["parity"]["reasons"])
-    get_run_logger().info(
-        f"v{version} conversion {verdict}; TensorRT: {result['tensorrt']['status']}"
-    )
+    get_run_logger().info(f"v{version} conversion {verdict}; TensorRT: {result['tensorrt']['status']}")
     return result
