@@ -17,7 +17,7 @@ export DO_NOT_TRACK ?= 1
 export BENTOML_DO_NOT_TRACK ?= True
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test test-fast test-slow lint bench lock clean help
+.PHONY: install demo test test-fast test-slow lint bench bench-quick lock clean help
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,16 +40,41 @@ demo: $(STAMP) ## Run the whole loop end to end on embedded defaults (state in .
 test: $(STAMP) ## Run the test suite (fast tests, the real-model tests and the server-path tests).
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP) ## Only the fast tests (tiny random BERT).
+test-fast: $(STAMP) ## Only the fast tests (tiny random BERT; no real model, loop or server tests).
 	$(BIN)/python -m pytest -m "not slow and not e2e" $(PYTEST_ARGS)
+
+test-slow: $(STAMP) ## Only the real-model and end-to-end tests (e2e modules: tests/conftest.py).
+	$(BIN)/python -m pytest -m "slow or e2e" $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff and mypy.
 	$(BIN)/ruff check src flows tests benchmarks
 	$(BIN)/ruff format --check src flows tests benchmarks
 	$(BIN)/mypy src
 
-bench: $(STAMP) ## Run the benchmarks (each prints one JSON object on its last line).
-	$(BIN)/python benchmarks/ingest.py
+# Every benchmark, full size (the figures in benchmarks/README.md; about 25 minutes on 2 quiet cores:
+# ingest seconds, train ~8 min, convert ~4 min plus ~5 min to train its model once, demo minutes).
+# `make bench-quick` runs each in its smoke mode. All run even when one fails; the target then
+# fails naming them, and each must end with its JSON line (logs in $(BENCH_LOGS)/).
+BENCHES       := "ingest.py" "train.py" "convert.py" "demo.py"
+BENCHES_QUICK := "ingest.py --repeats 1 --no-mlflow" "train.py --quick" "convert.py --quick" "demo.py --quick"
+BENCH_LOGS    ?= .tuneloop/bench/logs
+
+define run_benches
+	@mkdir -p $(BENCH_LOGS); failed=""; \
+	for bench in $(1); do \
+	  name=$${bench%%.py*}; echo "== benchmarks/$$bench"; \
+	  if $(BIN)/python benchmarks/$$bench | tee $(BENCH_LOGS)/$$name.log \
+	     && tail -n 1 $(BENCH_LOGS)/$$name.log | $(BIN)/python -c "import json, sys; json.loads(sys.stdin.read())"; \
+	  then :; else failed="$$failed $$name"; fi; \
+	done; \
+	if [ -n "$$failed" ]; then echo "benchmarks failed:$$failed (logs in $(BENCH_LOGS)/)"; exit 1; fi
+endef
+
+bench: $(STAMP) ## Run every benchmark, full size (each prints one JSON object on its last line).
+	$(call run_benches,$(BENCHES))
+
+bench-quick: $(STAMP) ## Every benchmark in its quick smoke mode (figures not comparable).
+	$(call run_benches,$(BENCHES_QUICK))
 
 lock: ## Re-resolve and rewrite requirements.lock from pyproject.toml (needs the package index).
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock

@@ -11,6 +11,24 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BANKING77_DIR = REPO_ROOT.parent / "shared" / "data" / "banking77"
 
 
+# Tests that run a whole loop or a real server get the `e2e` marker here, so `make test-fast`
+# (-m "not slow and not e2e") skips them without a marker line in each file. Keyed on the module
+# (file name) or on a fixture that starts a server; tests/test_markers.py checks both select tests.
+E2E_MODULES = {
+    "test_flows.py": "Prefect flows under prefect_test_harness, which starts a Prefect API server",
+    "test_server_path.py": "MLflow on PostgreSQL, directly and behind an `mlflow server` process",
+    "test_real_model.py": "ingest, two training rounds, promotion and conversion on the real MiniLM",
+}
+E2E_FIXTURES = {"prefect_harness"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before the mark plugin deselects by -m
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in E2E_MODULES or E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _trust_models_made_by_tests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Let adapters name base models that tests built under pytest's own temporary folder.
