@@ -263,6 +263,17 @@ class Registry:
         for key, value in tags.items():
             self.client.set_model_version_tag(self.model_name, str(version), key, str(value))
 
+    def delete_tags(self, version: str, keys: list[str]) -> None:
+        """Remove version tags; a tag that is not there is already gone."""
+        from mlflow.exceptions import MlflowException
+
+        for key in keys:
+            try:
+                self.client.delete_model_version_tag(self.model_name, str(version), key)
+            except MlflowException as exc:
+                if not is_not_found(exc):
+                    raise self._failed(f"removing the tag {key!r} of version {version}", exc) from exc
+
     # --- aliases -----------------------------------------------------------------------------
     def alias(self, alias: str) -> VersionInfo | None:
         """The version holding `alias`, or None when the alias (or the model) does not exist."""

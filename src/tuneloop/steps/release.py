@@ -1,18 +1,61 @@
-"""Step: move the `champion` alias (promotion and its rules).
+"""Step: approve a version, and move the `champion` alias (promotion and its rules).
 
 The rule itself is a pure function (`promotion_problems`) over plain data; the MLflow calls around
-it only read state and move aliases. Alias moves are ordered so that a kill between two calls
-never leaves the model without a champion: `previous` is pointed at the old champion first, then
-`champion` at the new version; re-running the promotion completes it.
+it read state and move aliases. Every alias move happens under `Registry.lock("aliases")`, and the
+state it depends on is read again inside the lock, so two promotions (or a promotion and a round
+moving `challenger`) never act on what the other is changing.
+
+A promotion is four writes to the registry, and a process can die between any two. So it first
+records its intent (the version tag `promotion_pending`: from, to, by, reason, at), then moves the
+aliases (`previous` first, so the model is never without a champion), then writes the version's
+`promoted_*` tags and the audit event, and only then clears the intent. A re-run that finds the
+intent finishes the job from it, whether or not the aliases had moved yet.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from tuneloop.config import Settings
 from tuneloop.registry.policy import Policy, load_policy
 from tuneloop.registry.store import Registry, RegistryError, VersionInfo, current_user, now_iso
+
+PENDING_TAG = "promotion_pending"
+AUTO_APPROVER = "policy:auto_approve"  # what the loop records when the policy approves by itself
+
+
+def approval_problems(info: VersionInfo, policy: Policy) -> list[str]:
+    """Why `info` does not count as approved under `policy` (empty: it does, or none is needed).
+
+    An approval is the tag approval=approved *and* approval_by naming who approved, checked against
+    the policy's `approvers` when it lists names: a tag set in the MLflow UI by anyone with write
+    access is otherwise indistinguishable from a real approval.
+    """
+    v, by = info.version, info.tags.get("approval_by", "").strip()
+    if info.approval == "rejected":
+        return [f"v{v} was rejected by {by or 'someone'}"]
+    if not policy.approval.required:
+        return []
+    fix = (
+        f"set the version tags approval=approved and approval_by=<approver> in the MLflow UI, or run "
+        f"`tuneloop approve {v} --by NAME`"
+    )
+    if info.approval != "approved":
+        return [f"v{v} is not approved (approval={info.approval}); {fix}"]
+    approvers = policy.approval.approvers
+    if approvers is None:
+        return []
+    if by == AUTO_APPROVER and policy.approval.auto_approve:
+        return []
+    if not by:
+        return [
+            f"v{v} is tagged approval=approved with no approval_by, but the policy names approvers "
+            f"{approvers}; {fix}"
+        ]
+    if by not in approvers:
+        return [f"v{v} was approved by {by!r}, who is not among the policy's approvers {approvers}; {fix}"]
+    return []
 
 
 def promotion_problems(info: VersionInfo, policy: Policy) -> list[str]:
@@ -22,55 +65,131 @@ def promotion_problems(info: VersionInfo, policy: Policy) -> list[str]:
         problems.append(
             f"v{info.version} did not pass the evaluation gates ({info.tags.get('gate', 'unknown')})"
         )
-    if info.approval == "rejected":
-        problems.append(f"v{info.version} was rejected by {info.tags.get('approval_by', 'someone')}")
-    elif policy.approval.required and info.approval != "approved":
-        problems.append(
-            f"v{info.version} is not approved (approval={info.approval}); set the version tag "
-            f"approval=approved in the MLflow UI or run `tuneloop approve {info.version} --by NAME`"
-        )
-    if info.tags.get("conversion") == "failed":
+    problems += approval_problems(info, policy)
+    conversion = info.tags.get("conversion")
+    if conversion == "failed":
         problems.append(f"v{info.version} failed its conversion parity gate and is never served")
+    elif conversion != "passed":
+        problems.append(
+            f"v{info.version} has not passed conversion (conversion={conversion or 'not run'}); "
+            f"run `tuneloop convert {info.version}` first"
+        )
     return problems
 
 
-def promote_step(settings: Settings, version: str, reason: str, by: str | None = None) -> dict[str, Any]:
-    """Point `champion` at an approved version (first model, or break-glass), old champion to `previous`."""
+def approve_step(
+    settings: Settings,
+    version: str,
+    by: str,
+    reject: bool = False,
+    note: str = "",
+    registry: Registry | None = None,
+) -> dict[str, Any]:
+    """Record a person's decision on a version, exactly as setting the tags in the MLflow UI does.
+
+    A rejection takes `challenger` off the version, and only when `challenger` is that version: a
+    newer candidate that took the alias meanwhile keeps it.
+    """
+    policy = load_policy(settings.policy_path)
+    if policy.approval.approvers and by not in policy.approval.approvers:
+        raise RegistryError(
+            f"{by!r} is not an approver in {settings.policy_path}: {policy.approval.approvers}"
+        )
+    registry = registry or Registry(settings)
+    state = "rejected" if reject else "approved"
+    with registry.lock("aliases"):
+        info = registry.get_version(version)
+        registry.set_tags(
+            info.version,
+            {"approval": state, "approval_by": by, "approval_at": now_iso(), "approval_note": note},
+        )
+        registry.record_event(info.version, f"approval.{state}", {"by": by, "note": note})
+        challenger = registry.alias("challenger")
+        if reject and challenger is not None and challenger.version == info.version:
+            registry.clear_alias("challenger")
+    return {"version": info.version, "approval": state, "by": by}
+
+
+def promote_step(
+    settings: Settings,
+    version: str,
+    reason: str,
+    by: str | None = None,
+    registry: Registry | None = None,
+) -> dict[str, Any]:
+    """Point `champion` at an approved, converted version, the old champion to `previous`.
+
+    Re-running a promotion that was cut short completes it (aliases, tags, audit event).
+    """
     if not reason.strip():
         raise RegistryError("a promotion needs --reason: say why, it is recorded on the version")
     policy = load_policy(settings.policy_path)
-    registry = Registry(settings)
-    info = registry.get_version(version)
-    problems = promotion_problems(info, policy)
-    if problems:
-        raise RegistryError("cannot promote: " + "; ".join(problems))
-    who = by or current_user()
-    old = registry.alias("champion")
-    if old is not None and old.version == info.version:
-        return {
-            "version": info.version,
-            "champion": info.version,
-            "previous": _version(registry.alias("previous")),
-            "changed": False,
+    registry = registry or Registry(settings)
+    with registry.lock("aliases"):
+        info = registry.get_version(version)
+        champion = registry.alias("champion")
+        if champion is not None and champion.version != info.version and PENDING_TAG in champion.tags:
+            _complete(registry, champion, json.loads(champion.tags[PENDING_TAG]))
+        if champion is not None and champion.version == info.version:
+            if PENDING_TAG not in info.tags:
+                return {
+                    "version": info.version,
+                    "champion": info.version,
+                    "previous": _version(registry.alias("previous")),
+                    "changed": False,
+                    "resumed": False,
+                }
+            intent = json.loads(info.tags[PENDING_TAG])
+            _complete(registry, info, intent)
+            return _result(intent, changed=False, resumed=True)
+        problems = promotion_problems(info, policy)
+        if problems:
+            raise RegistryError("cannot promote: " + "; ".join(problems))
+        intent = {
+            "from": champion.version if champion else None,
+            "to": info.version,
+            "by": by or current_user(),
+            "reason": reason,
+            "at": now_iso(),
         }
-    if old is not None:
-        registry.set_alias("previous", old.version)
-    registry.set_alias("champion", info.version)
+        registry.set_tags(info.version, {PENDING_TAG: json.dumps(intent, sort_keys=True)})
+        if champion is not None:
+            registry.set_alias("previous", champion.version)
+        registry.set_alias("champion", info.version)
+        _complete(registry, registry.get_version(info.version), intent)
+    return _result(intent, changed=True, resumed=False)
+
+
+def _complete(registry: Registry, info: VersionInfo, intent: dict[str, Any]) -> None:
+    """The idempotent tail of a promotion whose aliases moved: tidy aliases, tags, event, intent."""
     for alias in ("challenger", "canary"):
         current = registry.alias(alias)
         if current is not None and current.version == info.version:
             registry.clear_alias(alias)
-    registry.set_tags(info.version, {"promoted_by": who, "promoted_at": now_iso(), "promoted_reason": reason})
-    registry.record_event(
-        info.version, "promoted", {"by": who, "reason": reason, "previous": old.version if old else None}
+    registry.set_tags(
+        info.version,
+        {"promoted_by": intent["by"], "promoted_at": intent["at"], "promoted_reason": intent["reason"]},
     )
+    payload = {"by": intent["by"], "reason": intent["reason"], "previous": intent["from"], "at": intent["at"]}
+    recorded = (
+        json.loads(value)
+        for key, value in info.tags.items()
+        if key.startswith("event.") and key.endswith(".promoted")
+    )
+    if payload not in list(recorded):  # a run killed after the event but before clearing the intent
+        registry.record_event(info.version, "promoted", payload)
+    registry.delete_tags(info.version, [PENDING_TAG])
+
+
+def _result(intent: dict[str, Any], changed: bool, resumed: bool) -> dict[str, Any]:
     return {
-        "version": info.version,
-        "champion": info.version,
-        "previous": old.version if old else None,
-        "by": who,
-        "reason": reason,
-        "changed": True,
+        "version": intent["to"],
+        "champion": intent["to"],
+        "previous": intent["from"],
+        "by": intent["by"],
+        "reason": intent["reason"],
+        "changed": changed,
+        "resumed": resumed,
     }
 
 
