@@ -1,7 +1,10 @@
-"""Flow `train`: one continual LoRA round on a snapshot, gated and registered in MLflow.
+"""Flow `train`: one continual LoRA round on every snapshot the champion has not seen, gated and
+registered in MLflow.
 
-Retries are safe: a round is keyed by (snapshot, parent version, config), training resumes from its
-checkpoints, and registration returns the existing version instead of making a second one.
+Retries are safe: a round is keyed by the content of its snapshots, the parent adapter's sha256, the
+train config and the policy's gates; find, train and register run under a registry lock on that key,
+training resumes from its checkpoints, and a second run returns the existing version instead of
+making another.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ def approve_task(version: str, by: str, reject: bool, note: str) -> dict[str, An
 
 @flow(name="train", log_prints=True)
 def train_flow(snapshot_id: str | None = None, epochs: int | None = None) -> dict[str, Any]:
-    """Train on `snapshot_id` (default: the newest snapshot) from the current champion."""
+    """Train from the current champion on every snapshot it has not seen, up to `snapshot_id`
+    (default: the newest)."""
     result = train_round_task(snapshot_id, epochs)
     verdict = "passed" if result["gate"]["passed"] else "refused: " + "; ".join(result["gate"]["reasons"])
     get_run_logger().info(f"v{result['version']} macro-F1 {result['metrics']['macro_f1']}: gate {verdict}")
