@@ -190,3 +190,40 @@ def test_failed_conversion_is_never_promoted(converted):
 
     problems = promotion_problems(failed, load_policy(settings.policy_path))
     assert any("conversion parity" in p for p in problems), json.dumps(problems)
+
+
+def test_parity_markdown_shows_the_engine_verdict_and_the_int8_candidates():
+    from tuneloop.steps.convert import parity_markdown
+
+    figures = {"n": 40, "fp32_max_abs_logit_diff": 1e-6, "torch_macro_f1": 0.9}
+    figures |= {"int8_macro_f1": 0.9, "int8_macro_f1_drop_points": 0.0, "int8_argmax_agreement": 1.0}
+    engine = {"n": 40, "macro_f1": 0.7, "macro_f1_drop_points": 20.0, "argmax_agreement": 0.8}
+    summary = {
+        "parity": {"passed": True, "reasons": [], "sets": {"eval": figures}},
+        "quantization": "static",
+        "tensorrt": {
+            "status": "failed: parity: eval: engine argmax agreement 0.8000 < 0.9950",
+            "parity": {"eval": {**engine, "max_abs_logit_diff": 1.5}},
+        },
+        "int8_candidates": [
+            {
+                "name": "static",
+                "parity_passed": True,
+                "agreement": {"eval": 0.997},
+                "p50_ms": {"short_t1": 3.1},
+            },
+            {"name": "static_lean", "parity_passed": False, "agreement": {"eval": 0.95}, "p50_ms": {}},
+        ],
+        "int8_choice": {
+            "chosen": "static",
+            "serve": "int8",
+            "ratio_to_fp32": 0.62,
+            "reasons": ["static: fastest"],
+        },
+    }
+    text = parity_markdown(summary)
+    assert "TensorRT: failed: parity: eval: engine argmax agreement 0.8000 < 0.9950" in text
+    assert "| eval | 40 | 0.7000 | 20.00 | 0.8000 | 1.500 |" in text
+    assert "| static | passed | 0.9970 | 3.10 (short_t1) | 0.0 | yes |" in text
+    assert "| static_lean | FAILED | 0.9500 | - | 0.0 |  |" in text
+    assert "Serves **int8** (static, 0.62x fp32 latency)" in text

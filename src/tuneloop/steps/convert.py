@@ -197,8 +197,21 @@ def _summary(version: str, result: Any, snapshot_id: str) -> dict[str, Any]:
         "fusions": result.fusions,
         "tensorrt": {**asdict(result.tensorrt), "status": result.tensorrt.status},
         "seconds": {k: round(v, 2) for k, v in result.seconds.items()},
+        # INT8 candidates and the choice among them, where the converter measures several
+        # (convert/choice.py: CandidateFigures and Int8Choice as dicts); absent otherwise.
+        **{
+            k: _plain(getattr(result, k))
+            for k in ("int8_candidates", "int8_choice")
+            if getattr(result, k, None)
+        },
         "reused": False,
     }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value.to_dict() if hasattr(value, "to_dict") else value
 
 
 def parity_markdown(summary: dict[str, Any]) -> str:
@@ -219,6 +232,7 @@ def parity_markdown(summary: dict[str, Any]) -> str:
             f"{_fmt(s['int8_argmax_agreement'])} |"
         )
     lines += [""] + [f"- {reason}" for reason in summary["parity"]["reasons"]]
+    lines += _candidate_lines(summary)
     if engine.get("parity"):
         lines += [
             "",
@@ -231,6 +245,38 @@ def parity_markdown(summary: dict[str, Any]) -> str:
                 f"{_fmt(e['argmax_agreement'])} | {_fmt(e['max_abs_logit_diff'], 3)} |"
             )
     return "\n".join(lines)
+
+
+def _candidate_lines(summary: dict[str, Any]) -> list[str]:
+    """Each INT8 candidate's parity and serving-shape latency, and which one publishes and serves."""
+    candidates = summary.get("int8_candidates") or []
+    if not candidates:
+        return []
+    choice = summary.get("int8_choice") or {}
+    lines = [
+        "",
+        "| INT8 candidate | parity | agreement (min) | p50 ms (best threads) | MB | chosen |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in candidates:
+        agreement = [a for a in (c.get("agreement") or {}).values() if a is not None]
+        timings = c.get("p50_ms") or {}
+        best = min(timings.items(), key=lambda kv: kv[1]) if timings else None
+        lines.append(
+            f"| {c['name']} | {'passed' if c.get('parity_passed') else 'FAILED'} | "
+            f"{_fmt(min(agreement) if agreement else None)} | "
+            f"{f'{best[1]:.2f} ({best[0]})' if best else '-'} | {c.get('bytes', 0) / 1e6:.1f} | "
+            f"{'yes' if c['name'] == choice.get('chosen') else ''} |"
+        )
+    if choice:
+        ratio = choice.get("ratio_to_fp32")
+        lines += [
+            "",
+            f"Serves **{choice.get('serve', '?')}**"
+            + (f" ({choice['chosen']}, {ratio:.2f}x fp32 latency)" if choice.get("chosen") and ratio else ""),
+        ]
+        lines += [f"- {reason}" for reason in choice.get("reasons", [])]
+    return lines
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
