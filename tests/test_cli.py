@@ -78,3 +78,41 @@ def test_invalid_setting_names_the_field(cli_env, monkeypatch):
     result = runner.invoke(app, ["config"])
     assert result.exit_code == 2
     assert "eval_fraction" in result.output
+
+
+def test_status_shows_each_alias_beside_its_version(cli_env, monkeypatch):
+    import mlflow
+
+    from tuneloop.config import load_settings
+    from tuneloop.registry.store import Registry
+
+    registry = Registry(load_settings())
+    with mlflow.start_run(experiment_id=registry.experiment_id("t")) as run:
+        pass
+    for _ in range(3):
+        registry.register(run.info.run_id, "model", {"approval": "pending", "gate": "passed"})
+    registry.set_alias("champion", "2")
+    registry.set_alias("previous", "1")
+    registry.set_alias("challenger", "3")
+    monkeypatch.setenv("COLUMNS", "200")
+    result = runner.invoke(app, ["status"])
+    assert result.exit_code == 0, result.output
+    rows = {
+        cells[0]: cells[1]
+        for line in result.output.splitlines()
+        if len(cells := [c.strip() for c in line.strip("│┃ ").split("│")]) > 2 and cells[0].isdigit()
+    }
+    assert rows == {"1": "previous", "2": "champion", "3": "challenger"}
+    data = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    held = [v["aliases"] for v in data["registry"]["versions"]]
+    assert held == [["previous"], ["champion"], ["challenger"]]
+    assert data["registry"]["aliases"] == {"previous": "1", "champion": "2", "challenger": "3"}
+
+
+def test_config_and_status_never_print_the_tracking_password(cli_env, monkeypatch):
+    monkeypatch.setenv("TUNELOOP_TRACKING_URI", "postgresql://ops:hunter2@db:5432/mlflow?password=hunter2")
+    masked = "postgresql://ops:****@db:5432/mlflow?password=****"
+    for args in (["config"], ["config", "--json"], ["status", "--no-registry", "--json"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert "hunter2" not in result.output and masked in result.output, args

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.table import Table
 
 from tuneloop import cli_model
 from tuneloop.cli_common import JsonOpt, emit, err, out, run_guarded, settings_or_exit
-from tuneloop.config import dump_settings_yaml
+from tuneloop.config import mask_settings
 
 app = typer.Typer(
     name="tuneloop",
@@ -176,12 +177,13 @@ def _fmt(value: float | None) -> str:
 # --- config ----------------------------------------------------------------------------------
 @app.command("config")
 def show_config(as_json: JsonOpt = False) -> None:
-    """Print the effective settings (as YAML, ready to save as a config file)."""
+    """Print the effective settings as YAML (passwords and tokens in URIs shown as ****)."""
     settings = settings_or_exit()
     if as_json:
         sys.stdout.write(json.dumps(settings.describe(), default=str) + "\n")
     else:
-        out.print(dump_settings_yaml(settings), end="")
+        # Passwords in URIs are masked: this output is for reading, pasting into tickets and logs.
+        out.print(yaml.safe_dump(mask_settings(settings.model_dump(mode="json")), sort_keys=False), end="")
 
 
 for command in cli_model.COMMANDS:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tuneloop.config import Settings
+from tuneloop.config import Settings, mask_uri
 
 
 def run_demo(settings: Settings, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -49,7 +49,8 @@ def run_demo(settings: Settings, echo: Callable[[str], None] | None = None) -> d
     final = status(settings)
     say(f"snapshots: {[s['id'] for s in final['data']['snapshots']]}")
     say(f"aliases: {final['registry']['aliases']}")
-    say("next: `tuneloop status`, or `mlflow ui --backend-store-uri " + settings.resolved_tracking_uri + "`")
+    uri = mask_uri(settings.resolved_tracking_uri)
+    say(f"next: `tuneloop status`, or `mlflow ui --backend-store-uri {uri}`")
     return {"rounds": rounds, "status": final}
 
 
@@ -78,8 +79,9 @@ def _write_messy_drop(path: Path, base: Path) -> Path:
 
 def _train_and_release(settings: Settings, snapshot_id: str, say: Callable[[str], None]) -> dict[str, Any]:
     """Train a round on the new snapshot; promote it when the gates pass and the policy approves."""
+    from tuneloop.registry.policy import load_policy
     from tuneloop.registry.store import Registry
-    from tuneloop.steps.release import promote_step
+    from tuneloop.steps.release import promote_step, promotion_problems
     from tuneloop.steps.round import train_step
 
     trained = train_step(settings, snapshot_id=snapshot_id, progress=True)
@@ -103,7 +105,10 @@ def _train_and_release(settings: Settings, snapshot_id: str, say: Callable[[str]
         )
         step["convert"] = converted
         info = Registry(settings).get_version(info.version)
-    if info.gate_passed and info.approval == "approved" and info.tags.get("conversion") == "passed":
+    problems = promotion_problems(info, load_policy(settings.policy_path))
+    if problems:
+        say("  promote: not promoted: " + "; ".join(problems))
+    else:
         promoted = promote_step(
             settings, info.version, reason=f"demo: {snapshot_id} passed the gates", by="demo"
         )

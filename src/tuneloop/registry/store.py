@@ -214,16 +214,14 @@ class Registry:
         if not str(version).isdigit():
             raise RegistryError(f"{version!r} is not a version number; `tuneloop status` lists them.")
         try:
-            info = self._info(self.client.get_model_version(self.model_name, str(version)))
+            # get_model_version fills `aliases` (search_model_versions leaves it empty, see versions()).
+            return self._info(self.client.get_model_version(self.model_name, str(version)))
         except MlflowException as exc:
             if not is_not_found(exc):
                 raise self._failed(f"reading {self.model_name} version {version}", exc) from exc
             raise RegistryError(
                 f"{self.model_name} has no version {version}; `tuneloop status` lists the versions."
             ) from exc
-        # search and get calls of MLflow 3.17 leave a version's `aliases` empty: the model has them.
-        held = sorted(a for a, v in self._model_aliases().items() if v == info.version)
-        return replace(info, aliases=held)
 
     def versions(self) -> list[VersionInfo]:
         from mlflow.exceptions import MlflowException

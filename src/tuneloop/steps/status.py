@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from tuneloop.config import Settings
+from tuneloop.config import Settings, mask_uri
 from tuneloop.data import snapshot as snap
 from tuneloop.data.ingest import ledger_records
 from tuneloop.steps.ingest import ingest_config
@@ -60,7 +60,8 @@ def registry_status(settings: Settings) -> dict[str, Any]:
 
     registry = Registry(settings)
     versions = []
-    for info in registry.versions():
+    found = registry.versions()  # each with the aliases it holds (read from the registered model)
+    for info in found:
         versions.append(
             {
                 "version": info.version,
@@ -74,11 +75,13 @@ def registry_status(settings: Settings) -> dict[str, Any]:
                 "conversion": info.tags.get("conversion", "-"),
             }
         )
-    return {"model": settings.model_name, "aliases": registry.aliases(), "versions": versions}
+    aliases = {alias: v.version for v in found for alias in v.aliases}
+    return {"model": settings.model_name, "aliases": aliases, "versions": versions}
 
 
 def status(settings: Settings, include_registry: bool = True) -> dict[str, Any]:
-    result = {"data": data_status(settings), "tracking_uri": settings.resolved_tracking_uri}
+    # Masked: the URI may carry a password, and status output ends up in logs and tickets.
+    result = {"data": data_status(settings), "tracking_uri": mask_uri(settings.resolved_tracking_uri)}
     if include_registry:
         result["registry"] = registry_status(settings)
     return result
