@@ -1,0 +1,151 @@
+"""Backends that run a version: ONNX Runtime (INT8 or fp32), the PyTorch merged model, TensorRT.
+
+`plan_backends` is the pure decision: which backends may serve a version, best first, and why the
+others step aside. A version whose conversion has not passed parity is served only by the PyTorch
+merged model, the reference the conversion is checked against. The loaders take local files the
+caller has downloaded; each checks the sha256 of the exact bytes it loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tuneloop.serve.bundle import softmax
+
+ONNX_FILES = {
+    "onnx-int8": ("model.int8.onnx", "int8_sha256"),
+    "onnx-fp32": ("model.opt.onnx", "onnx_opt_sha256"),
+}
+KNOWN = ("tensorrt", "onnx-int8", "onnx-fp32", "torch")
+
+
+class IntegrityError(RuntimeError):
+    """A file's sha256 is not the one recorded for it; the version must not be served."""
+
+
+def threads_per_session(workers: int, cores: int | None = None) -> int:
+    """Intra-op threads per model so `workers` processes share the cores: max(1, cores // workers).
+
+    2 cores and 1 worker: 2 threads; 2 workers: 1 each; 4 workers: still 1 (oversubscribed, by choice).
+    """
+    available = cores if cores is not None else len(os.sched_getaffinity(0))
+    return max(1, available // max(1, workers))
+
+
+def parse_backends(text: str) -> tuple[str, ...]:
+    """`onnx-int8,torch` -> ("onnx-int8", "torch"); unknown names raise ValueError."""
+    names = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = [n for n in names if n not in KNOWN]
+    if unknown or not names:
+        raise ValueError(f"unknown serving backends {unknown}; choose from {list(KNOWN)}")
+    return names
+
+
+def tensorrt_unavailable() -> str:
+    """Why TensorRT does not serve here (this release serves CPU backends; plans are built by convert)."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "unavailable: the tensorrt package is not installed (it is the optional gpu extra)"
+    return "unavailable: serving TensorRT plans is not implemented yet; the ONNX backends serve instead"
+
+
+def plan_backends(
+    preference: Sequence[str], tags: Mapping[str, str], tensorrt_reason: str
+) -> tuple[list[str], list[str]]:
+    """(backends to try in order, notes on those that step aside) for a version with `tags`."""
+    conversion = tags.get("conversion", "not run")
+    notes: list[str] = []
+    plan: list[str] = []
+    for name in preference:
+        if name == "torch":
+            plan.append(name)
+        elif conversion != "passed":
+            notes.append(f"{name}: conversion is {conversion}, so only the PyTorch merged model serves")
+        elif name == "tensorrt":
+            notes.append(f"tensorrt: {tensorrt_reason}")
+        elif not tags.get(ONNX_FILES[name][1]) or not tags.get("conversion_path"):
+            notes.append(f"{name}: the version has no {ONNX_FILES[name][1]} / conversion_path tag")
+        else:
+            plan.append(name)
+    return plan, notes
+
+
+def read_labels(folder: Path) -> list[str]:
+    """Labels in index order from config.json's id2label."""
+    id2label = json.loads((folder / "config.json").read_text()).get("id2label") or {}
+    if not id2label:
+        raise ValueError(f"{folder / 'config.json'} has no id2label: not a classifier tuneloop trained")
+    return [str(id2label[k]) for k in sorted(id2label, key=int)]
+
+
+def _tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+class OnnxPredictor:
+    """An ONNX Runtime session built from bytes whose sha256 was checked first."""
+
+    def __init__(self, model_file: Path, sha256: str, support: Path, threads: int, max_tokens: int) -> None:
+        import onnxruntime as ort
+
+        data = model_file.read_bytes()
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256.lower():
+            raise IntegrityError(f"{model_file.name}: sha256 {actual} but the version records {sha256}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1  # one chain of ops: no parallel branches to run
+        self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        self.inputs = {i.name for i in self.session.get_inputs()}
+        self.tokenizer = _tokenizer(support)
+        self.labels = read_labels(support)
+        self.max_tokens = max_tokens
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        enc = self.tokenizer(
+            texts, padding="longest", truncation=True, max_length=self.max_tokens, return_tensors="np"
+        )
+        ids = enc["input_ids"].astype(np.int64)
+        feeds = {
+            "input_ids": ids,
+            "attention_mask": enc["attention_mask"].astype(np.int64),
+            "token_type_ids": np.zeros_like(ids),
+        }
+        logits = self.session.run(["logits"], {k: v for k, v in feeds.items() if k in self.inputs})[0]
+        return softmax(np.asarray(logits, dtype=np.float32))
+
+
+class TorchPredictor:
+    """The merged transformers model (safetensors only: no pickle is ever loaded)."""
+
+    def __init__(self, folder: Path, threads: int, max_tokens: int) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        torch.set_num_threads(threads)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            str(folder), use_safetensors=True
+        ).eval()
+        self.tokenizer = _tokenizer(folder)
+        self.labels = read_labels(folder)
+        self.max_tokens = max_tokens
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        enc = self.tokenizer(
+            texts, padding="longest", truncation=True, max_length=self.max_tokens, return_tensors="pt"
+        )
+        with torch.inference_mode():
+            logits = self.model(**enc).logits.float().numpy()
+        return softmax(logits)

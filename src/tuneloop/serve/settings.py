@@ -1,0 +1,63 @@
+"""What the service can be told: `TUNELOOP_SERVE_*` variables (or keyword arguments in tests).
+
+Kept apart from `tuneloop.config.Settings` (which says where the registry and the landing folder
+are) because only the service reads these, and each worker process reads them on start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Best first: a TensorRT engine (GPU), ONNX Runtime INT8, ONNX Runtime fp32, the PyTorch merged model.
+DEFAULT_BACKENDS = "tensorrt,onnx-int8,onnx-fp32,torch"
+
+
+class ServeSettings(BaseSettings):
+    """Serving knobs; each maps to `TUNELOOP_SERVE_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="TUNELOOP_SERVE_", extra="ignore", frozen=True)
+
+    workers: int = Field(1, ge=1, description="Worker processes (each follows the registry on its own).")
+    backends: str = Field(DEFAULT_BACKENDS, description="Backends to try, best first, comma-separated.")
+    poll_s: float = Field(5.0, gt=0, description="Seconds between registry polls in each worker.")
+    retry_failed_s: float = Field(
+        60.0, ge=0, description="A version that failed to load is tried again after this many seconds."
+    )
+    retain_s: float = Field(
+        900.0, ge=0, description="Seconds the old champion stays loaded after a promotion (rollback)."
+    )
+    secret: str | None = Field(
+        None,
+        description="HMAC key for request ids; default: a random key kept in <home>/serve/secret, "
+        "shared by every worker on this host (set it for several hosts).",
+    )
+    feedback_max_age_s: float = Field(
+        7 * 24 * 3600.0, gt=0, description="Feedback on a request older than this is refused."
+    )
+    max_texts: int = Field(64, ge=1, description="Texts per /classify request.")
+    max_chars: int = Field(2000, ge=1, description="Characters per text.")
+    max_key_chars: int = Field(256, ge=1, description="Characters of a sticky routing key.")
+    max_tokens: int = Field(128, ge=8, description="Tokens per text (longer is truncated).")
+    max_batch_size: int = Field(64, ge=1, description="Items per model call (adaptive batching).")
+    max_latency_ms: int = Field(
+        3000, ge=1, description="Longest an item may queue before the batcher answers 503."
+    )
+    top_k: int = Field(3, ge=1, description="Labels listed per prediction.")
+    shadow_share: float = Field(
+        0.1, ge=0, le=1, description="Share of canary items the champion also scores (agreement)."
+    )
+    breaker_failures: int = Field(5, ge=1, description="Canary errors in a row that open the breaker.")
+    breaker_cooldown_s: float = Field(30.0, gt=0, description="Seconds the breaker stays open.")
+    cache_dir: Path | None = Field(None, description="Scratch for downloads; default <home>/serve.")
+    runtime: str = Field(
+        "tuneloop.steps.serve:build_runtime",
+        description="module:function that builds the registry source (the composition root).",
+    )
+
+
+def load_serve_settings(**overrides: object) -> ServeSettings:
+    """Serving settings from the environment, with keyword overrides on top."""
+    return ServeSettings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
