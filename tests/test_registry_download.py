@@ -92,7 +92,8 @@ def test_files_without_a_recorded_checksum_are_refused_unless_a_manifest_covers_
     registry.client.log_artifacts(run_id, str(extra), "model/onnx")
     assert (registry.download(version, "onnx") / "model.onnx").read_bytes() == b"onnx graph"
     assert registry.download(version, "onnx/model.onnx", tmp_path / "f").read_bytes() == b"onnx graph"
-    registry.set_tags(version, {"onnx_sha256": "0" * 64})
-    with pytest.raises(RegistryError, match="onnx_sha256"):
+    (extra / "model.onnx").write_bytes(b"another graph")  # replaced, manifest left as it was
+    registry.client.log_artifact(run_id, str(extra / "model.onnx"), "model/onnx")
+    with pytest.raises(RegistryError, match="onnx/model.onnx: sha256"):
         registry.download(version, "onnx/model.onnx", tmp_path / "g")
     assert not (tmp_path / "g" / "model.onnx").exists()

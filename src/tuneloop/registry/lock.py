@@ -39,11 +39,6 @@ def lock_model_name(model_name: str, name: str) -> str:
     return f"{model_name}.lock.{name}"
 
 
-def is_lock_model(name: str) -> bool:
-    """Whether a registered model is one of tuneloop's locks (hide these from model listings)."""
-    return ".lock." in name
-
-
 def _error_code(exc: Exception) -> str:
     return str(getattr(exc, "error_code", ""))
 

@@ -14,12 +14,11 @@ from collections.abc import Mapping
 MANIFEST = "checksums.json"
 
 # Version tags holding the sha256 of one file, keyed by the file's path in the version's folder.
+# (Converted models live outside that folder, under conversions/<key>/, checked by the stage that
+# reads them against onnx_sha256 / int8_sha256.)
 FILE_TAGS = {
     "adapter/adapter_model.safetensors": "adapter_sha256",
     "merged/model.safetensors": "merged_sha256",
-    "onnx/model.onnx": "onnx_sha256",
-    "onnx/model.opt.onnx": "onnx_opt_sha256",
-    "onnx/model.int8.onnx": "int8_sha256",
 }
 
 
