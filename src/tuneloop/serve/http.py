@@ -1,0 +1,25 @@
+"""The HTTP seam: the FastAPI app mounted beside the BentoML APIs, and where middleware attaches.
+
+BentoML serves POST APIs, /livez, /readyz, /metrics and the OpenAPI page; plain GET endpoints
+(/status) live on this app, mounted at "/" (BentoML mounts it passively: only its own routes
+match). Hardening that wraps every request (body-size limit, auth, overload answers) belongs in
+`attach_middleware`, which the service calls once on its class.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.responses import JSONResponse
+
+app = FastAPI(title="tuneloop status", openapi_url=None, docs_url=None, redoc_url=None)
+
+
+def attach_middleware(service: Any) -> None:
+    """Add ASGI middleware to the BentoML service (`service.add_asgi_middleware(cls, **options)`)."""
+
+
+def error_response(status: int, message: str) -> Any:
+    """The JSON body every refused request gets: {"error": what to fix}."""
+    return JSONResponse({"error": message}, status_code=status)

@@ -1,0 +1,65 @@
+"""Per-version Prometheus metrics (BentoML's own metrics carry no model version).
+
+prometheus_client is imported when the first worker builds these, after BentoML has set
+PROMETHEUS_MULTIPROC_DIR, so every worker writes its own files and BentoML's `/metrics` sums them.
+Counters and histograms only: they sum across processes without a multiprocess gauge mode, and a
+mean is sum / count (confidence, feedback accuracy, shadow agreement).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Latency of one model call: 1 ms .. ~4 s in x2 steps (a tiny model answers in ~1 ms, MiniLM INT8
+# batch 64 in ~300 ms on 2 cores).
+LATENCY_BUCKETS = tuple(0.001 * 2**i for i in range(13))
+# Items per model call: powers of two up to the largest max_batch_size anyone sets (256).
+BATCH_BUCKETS = tuple(float(2**i) for i in range(9))
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+_METRICS: dict[str, Any] = {}
+
+
+def _build() -> dict[str, Any]:
+    from prometheus_client import Counter, Histogram
+
+    v = ["model_version"]
+    return {
+        "requests": Counter("tuneloop_items", "Items answered, by the version that answered", v),
+        "errors": Counter("tuneloop_model_errors", "Model calls that raised", v),
+        "latency": Histogram("tuneloop_model_seconds", "Seconds per model call", v, buckets=LATENCY_BUCKETS),
+        "batch": Histogram("tuneloop_batch_items", "Items per model call", v, buckets=BATCH_BUCKETS),
+        "labels": Counter("tuneloop_predicted", "Predicted labels", [*v, "label"]),
+        "confidence": Histogram(
+            "tuneloop_confidence", "Top-1 probability of answers", v, buckets=CONFIDENCE_BUCKETS
+        ),
+        "shadow": Counter("tuneloop_shadow", "Canary items also scored by the champion", [*v, "agreed"]),
+        "feedback": Counter("tuneloop_feedback", "Feedback received on answers", [*v, "correct"]),
+    }
+
+
+class PrometheusObserver:
+    """The scoring Observer that writes the metrics above (one set per process)."""
+
+    def __init__(self) -> None:
+        if not _METRICS:
+            _METRICS.update(_build())
+        self.m = _METRICS
+
+    def batch(self, version: str, size: int, seconds: float) -> None:
+        self.m["latency"].labels(version).observe(seconds)
+        self.m["batch"].labels(version).observe(size)
+
+    def predicted(self, version: str, label: str, score: float) -> None:
+        self.m["requests"].labels(version).inc()
+        self.m["labels"].labels(version, label).inc()
+        self.m["confidence"].labels(version).observe(score)
+
+    def error(self, version: str) -> None:
+        self.m["errors"].labels(version).inc()
+
+    def shadow(self, version: str, agreed: bool) -> None:
+        self.m["shadow"].labels(version, str(agreed).lower()).inc()
+
+    def feedback(self, version: str, correct: bool) -> None:
+        self.m["feedback"].labels(version, str(correct).lower()).inc()

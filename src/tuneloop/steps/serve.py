@@ -1,0 +1,125 @@
+"""Serving's composition root: the registry source each worker's follower reads through.
+
+The service (tuneloop.serve) imports no other stage; it finds `build_runtime` by name
+(`TUNELOOP_SERVE_RUNTIME`) and gets a `Source` that reads the registry and loads versions:
+
+- `read_state`: ONE `get_registered_model` call, a read that takes no SQLite write lock (no
+  experiment, model or tag is ever created by the service): aliases, and the canary weight from
+  the registered-model tag `canary_weight`.
+- `load`: the backends the version may use (serve/backends.py decides), each file downloaded and
+  checked: the merged model's files against the version's checksums.json and sha256 tags
+  (Registry.download(verify=True)), the ONNX file against its `int8_sha256` / `onnx_opt_sha256`
+  tag over the very bytes the session is built from. A checksum mismatch refuses the version;
+  any other failure of one backend lets the next one try.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from tuneloop.config import Settings
+from tuneloop.registry.store import Registry
+from tuneloop.serve.backends import (
+    ONNX_FILES,
+    IntegrityError,
+    OnnxPredictor,
+    TorchPredictor,
+    parse_backends,
+    plan_backends,
+    tensorrt_unavailable,
+)
+from tuneloop.serve.bundle import LoadedModel
+from tuneloop.serve.follower import RegistryState
+from tuneloop.serve.settings import ServeSettings
+
+CANARY_WEIGHT_TAG = "canary_weight"
+# Small files the ONNX backends need beside the graph; checked one by one against checksums.json.
+SUPPORT_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+)
+
+
+def parse_weight(raw: str | None) -> tuple[float, str | None]:
+    """(weight, problem) from the tag: absent is 0; unreadable or outside [0, 1] is 0 and a problem."""
+    if raw is None or raw == "":
+        return 0.0, None
+    try:
+        value = float(raw)
+    except ValueError:
+        return 0.0, f"canary_weight tag {raw!r} is not a number; canary gets no traffic"
+    if not 0.0 <= value <= 1.0:
+        return 0.0, f"canary_weight tag {raw!r} is outside [0, 1]; canary gets no traffic"
+    return value, None
+
+
+class RegistrySource:
+    """Reads the registry and loads versions for one worker process."""
+
+    def __init__(self, settings: Settings, serve: ServeSettings, threads: int) -> None:
+        self.settings, self.serve, self.threads = settings, serve, threads
+        self.preference = parse_backends(serve.backends)
+        self.cache = serve.cache_dir or settings.home_dir / "serve"
+        self._registry: Registry | None = None
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:  # built on first use, in the follower's thread
+            self._registry = Registry(self.settings)
+        return self._registry
+
+    def read_state(self) -> RegistryState:
+        model = self.registry.client.get_registered_model(self.settings.model_name)
+        aliases = {str(a): str(v) for a, v in (model.aliases or {}).items()}
+        weight, problem = parse_weight((model.tags or {}).get(CANARY_WEIGHT_TAG))
+        return RegistryState(aliases=aliases, canary_weight=weight, weight_problem=problem)
+
+    def load(self, version: str) -> LoadedModel:
+        info = self.registry.get_version(version)
+        plan, notes = plan_backends(self.preference, info.tags, tensorrt_unavailable())
+        if not plan:
+            raise RuntimeError(f"no backend may serve v{version}: " + "; ".join(notes))
+        self.cache.mkdir(parents=True, exist_ok=True)
+        for backend in plan:
+            work = Path(tempfile.mkdtemp(prefix=f"v{version}-{backend}-", dir=self.cache))
+            try:
+                predictor = self._load(backend, info, work)
+                return LoadedModel(version, backend, predictor, tuple(notes))
+            except IntegrityError:
+                raise
+            except Exception as exc:
+                if "does not match its recorded checksums" in str(exc):
+                    raise IntegrityError(str(exc)) from exc
+                notes.append(f"{backend}: failed to load: {type(exc).__name__}: {exc}")
+            finally:
+                shutil.rmtree(work, ignore_errors=True)  # everything is in memory now
+        raise RuntimeError(f"no backend could load v{version}: " + "; ".join(notes))
+
+    def _load(self, backend: str, info: object, work: Path) -> OnnxPredictor | TorchPredictor:
+        from mlflow.artifacts import download_artifacts
+
+        version, tags = info.version, info.tags  # type: ignore[attr-defined]
+        if backend == "torch":
+            folder = self.registry.download(version, "merged", work / "merged", verify=True)
+            return TorchPredictor(folder, self.threads, self.serve.max_tokens)
+        support = work / "support"
+        support.mkdir()
+        listed = {Path(a.path).name for a in self.registry.client.list_artifacts(info.run_id, "model/merged")}  # type: ignore[attr-defined]
+        for name in SUPPORT_FILES:
+            if name in listed:
+                got = self.registry.download(version, f"merged/{name}", work / "dl", verify=True)
+                shutil.move(str(got), support / name)
+        filename, tag = ONNX_FILES[backend]
+        uri = f"runs:/{info.run_id}/{tags['conversion_path']}/{filename}"  # type: ignore[attr-defined]
+        local = Path(download_artifacts(artifact_uri=uri, dst_path=str(work / "onnx")))
+        return OnnxPredictor(local, tags[tag], support, self.threads, self.serve.max_tokens)
+
+
+def build_runtime(settings: Settings, serve: ServeSettings, threads: int) -> RegistrySource:
+    """The Source the service's follower uses (named by TUNELOOP_SERVE_RUNTIME)."""
+    return RegistrySource(settings, serve, threads)
