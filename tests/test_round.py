@@ -21,8 +21,8 @@ from tuneloop.config import PROJECT_ROOT, Settings, load_settings
 from tuneloop.registry.store import Registry, RegistryError
 from tuneloop.steps.evaluate import evaluate_step
 from tuneloop.steps.ingest import ingest_step
-from tuneloop.steps.release import promote_step
-from tuneloop.steps.round import approve_step, train_step
+from tuneloop.steps.release import approve_step, promote_step
+from tuneloop.steps.round import train_step
 from tuneloop.testing import TINY_TRAIN_SETTINGS, keyword_sentences
 
 sentences = keyword_sentences
@@ -44,6 +44,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Path]:
         policy_path=PROJECT_ROOT / "registry" / "policy.yaml",
     )
     return settings, root
+
+
+def mark_converted(settings: Settings, version: str) -> None:
+    """Stand in for a passed conversion (promotion requires one; test_convert_step runs the real one)."""
+    Registry(settings).set_tags(version, {"conversion": "passed"})
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +97,7 @@ def test_promotion_needs_approval_set_in_the_ui_or_cli(world, round1):
     MlflowClient(settings.resolved_tracking_uri).set_model_version_tag(
         settings.model_name, "1", "approval", "approved"
     )
+    mark_converted(settings, "1")
     result = promote_step(settings, "1", reason="first model", by="ops")
     assert result["champion"] == "1" and result["previous"] is None
     info = Registry(settings).get_version("1")
@@ -103,6 +109,7 @@ def round2(world, round1):
     settings, root = world
     if Registry(settings).alias("champion") is None:  # when run alone
         approve_step(settings, "1", by="ops")
+        mark_converted(settings, "1")
         promote_step(settings, "1", reason="first model", by="ops")
     path = root / "drift.csv"
     # A drift batch: a new intent plus new (longer) phrasings of the known ones.
@@ -135,6 +142,7 @@ def test_poisoned_round_is_refused_but_recorded(world, round2):
     settings, root = world
     registry = Registry(settings)
     approve_step(settings, round2["version"], by="ops")
+    mark_converted(settings, round2["version"])
     promote_step(settings, round2["version"], reason="learned delta", by="ops")
     poisoned = sentences(["alpha", "beta", "gamma", "delta"], 30, seed=9, length=5)
     poisoned["label"] = np.random.default_rng(0).permutation(poisoned["label"].to_numpy())

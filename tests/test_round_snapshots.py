@@ -102,6 +102,8 @@ def train_rows(settings: Settings, sid: str) -> int:
 @pytest.fixture(scope="module")
 def round2(world, round1):
     settings, root = world
+    # Promotion needs a passed conversion; test_convert_step runs the real one.
+    Registry(settings).set_tags(round1["version"], {"conversion": "passed"})
     promote_step(settings, round1["version"], reason="first model", by="test")
     ingest(settings, root, batch(LABELS[2:4], 3, "later"), "later")
     ingest(settings, root, batch(LABELS[4:5], 4, "latest"), "latest")
