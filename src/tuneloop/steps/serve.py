@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from tuneloop.config import Settings
-from tuneloop.registry.store import Registry
+from tuneloop.registry.store import Registry, VersionInfo
 from tuneloop.serve.backends import (
     ONNX_FILES,
     IntegrityError,
@@ -100,22 +100,24 @@ class RegistrySource:
                 shutil.rmtree(work, ignore_errors=True)  # everything is in memory now
         raise RuntimeError(f"no backend could load v{version}: " + "; ".join(notes))
 
-    def _load(self, backend: str, info: object, work: Path) -> OnnxPredictor | TorchPredictor:
-        from mlflow.artifacts import download_artifacts
+    def _load(self, backend: str, info: VersionInfo, work: Path) -> OnnxPredictor | TorchPredictor:
+        from mlflow.artifacts import download_artifacts, list_artifacts
 
-        version, tags = info.version, info.tags  # type: ignore[attr-defined]
+        version, tags = info.version, info.tags
         if backend == "torch":
             folder = self.registry.download(version, "merged", work / "merged", verify=True)
             return TorchPredictor(folder, self.threads, self.serve.max_tokens)
         support = work / "support"
         support.mkdir()
-        listed = {Path(a.path).name for a in self.registry.client.list_artifacts(info.run_id, "model/merged")}  # type: ignore[attr-defined]
+        if info.run_id is None:
+            raise RuntimeError(f"v{version} has no run, so its conversion cannot be found")
+        listed = {Path(a.path).name for a in list_artifacts(artifact_uri=f"{info.source.rstrip('/')}/merged")}
         for name in SUPPORT_FILES:
             if name in listed:
                 got = self.registry.download(version, f"merged/{name}", work / "dl", verify=True)
                 shutil.move(str(got), support / name)
         filename, tag = ONNX_FILES[backend]
-        uri = f"runs:/{info.run_id}/{tags['conversion_path']}/{filename}"  # type: ignore[attr-defined]
+        uri = f"runs:/{info.run_id}/{tags['conversion_path']}/{filename}"
         local = Path(download_artifacts(artifact_uri=uri, dst_path=str(work / "onnx")))
         return OnnxPredictor(local, tags[tag], support, self.threads, self.serve.max_tokens)
 
