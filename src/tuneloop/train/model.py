@@ -143,8 +143,8 @@ def _check_modules_to_save(model: Any, cfg: TrainConfig) -> None:
 def _check_parent(parent: Path, cfg: TrainConfig) -> None:
     """LoRA weights only mean something on the same base with the same shape; refuse otherwise."""
     meta = read_meta(parent)
-    ours = resolve_base_model(cfg.base_model, BaseModelAllowance.of(cfg.base_model))
-    if meta["base_model"] != cfg.base_model and meta.get("base_path") != ours:
+    our_path = resolve_base_model(cfg.base_model, BaseModelAllowance.of(cfg.base_model))
+    if meta["base_model"] != cfg.base_model and meta.get("base_path") != our_path:
         raise ValueError(
             f"parent adapter {parent} was trained on base {meta['base_model']!r}, this round on "
             f"{cfg.base_model!r}; set base_model to the parent's, or train without a parent."
