@@ -18,6 +18,11 @@ app = FastAPI(title="tuneloop status", openapi_url=None, docs_url=None, redoc_ur
 
 def attach_middleware(service: Any) -> None:
     """Add ASGI middleware to the BentoML service (`service.add_asgi_middleware(cls, **options)`)."""
+    from tuneloop.serve.middleware import HardeningMiddleware, load_guard
+
+    # Every BentoML API takes a JSON body by POST; the guard refuses other methods and types on them.
+    endpoints = {api.route: ["POST"] for api in service.apis.values()}
+    service.add_asgi_middleware(HardeningMiddleware, guard=load_guard(endpoints))
 
 
 def error_response(status: int, message: str) -> Any:

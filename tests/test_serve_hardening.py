@@ -1,0 +1,215 @@
+"""Hardening against a real `bentoml serve` subprocess on 127.0.0.1: bad requests and bearer auth.
+
+The model world (a tiny model trained, registered and converted in a real MLflow store) is
+test_serve_server's `world` fixture. Every malformed request must get a 4xx with an error message,
+never a 5xx, and the service must still be ready afterwards; auth is tried on one server with
+TUNELOOP_API_TOKEN set and one without. The e2e marker comes from tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+
+from test_serve_server import _wait, world  # noqa: F401  (world is a fixture used below)
+from tuneloop.config import Settings
+
+TOKEN = "hardening-test-token"
+MB20 = 20 * 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def status_of(client: httpx.Client, path: str, **kwargs: Any) -> int:
+    try:
+        return client.get(path, **kwargs).status_code
+    except httpx.TransportError:
+        return 0
+
+
+@contextlib.contextmanager
+def running_server(settings: Settings, log_dir: Path, **env: str) -> Iterator[httpx.Client]:
+    """`bentoml serve` on a free loopback port with `env` on top; yields a client once it is ready."""
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "TUNELOOP_HOME": str(settings.home_dir),
+        "TUNELOOP_SERVE_POLL_S": "0.5",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "BENTOML_DO_NOT_TRACK": "True",
+        **env,
+    }
+    if "TUNELOOP_API_TOKEN" not in env:  # auth off unless the test asks for it
+        full_env.pop("TUNELOOP_API_TOKEN", None)
+    log = (log_dir / f"server-{port}.log").open("w")
+    cmd = [sys.executable, "-m", "bentoml", "serve", "tuneloop.serve.service:TuneloopService"]
+    proc = subprocess.Popen(
+        [*cmd, "--host", "127.0.0.1", "--port", str(port)], env=full_env, stdout=log, stderr=log
+    )
+    headers = (
+        {"authorization": f"Bearer {env['TUNELOOP_API_TOKEN']}"} if env.get("TUNELOOP_API_TOKEN") else {}
+    )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, headers=headers)
+    try:
+        _wait(lambda: status_of(client, "/readyz") == 200, 120, "the server to answer /readyz 200")
+        yield client
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        client.close()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def champion(world: tuple[Settings, MlflowClient]) -> Settings:  # noqa: F811
+    settings, client = world
+    client.set_registered_model_alias(settings.model_name, "champion", "1")
+    return settings
+
+
+@pytest.fixture(scope="module")
+def server(champion: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    with running_server(champion, tmp_path_factory.mktemp("hardening-log")) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def guarded(champion: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    with running_server(champion, tmp_path_factory.mktemp("auth-log"), TUNELOOP_API_TOKEN=TOKEN) as client:
+        yield client
+
+
+def chunked(total: int, size: int = 256 * 1024) -> Iterator[bytes]:
+    sent = 0
+    while sent < total:
+        yield b" " * min(size, total - sent)
+        sent += size
+
+
+JSON = {"content-type": "application/json"}
+# (name, method, path, keyword arguments for httpx, expected status)
+MATRIX: list[tuple[str, str, str, dict[str, Any], int]] = [
+    ("invalid JSON", "POST", "/classify", {"content": b'{"texts": ["a"', "headers": JSON}, 400),
+    ("not JSON at all", "POST", "/classify", {"content": b"texts=a", "headers": JSON}, 400),
+    ("body is a list", "POST", "/classify", {"json": ["apple"]}, 400),
+    ("body is null", "POST", "/classify", {"content": b"null", "headers": JSON}, 400),
+    ("empty body", "POST", "/classify", {"content": b"", "headers": JSON}, 400),
+    ("texts missing", "POST", "/classify", {"json": {}}, 400),
+    ("texts is a string", "POST", "/classify", {"json": {"texts": "apple"}}, 400),
+    ("texts is a number", "POST", "/classify", {"json": {"texts": 7}}, 400),
+    ("empty list", "POST", "/classify", {"json": {"texts": []}}, 400),
+    ("null item", "POST", "/classify", {"json": {"texts": ["apple", None]}}, 400),
+    ("number item", "POST", "/classify", {"json": {"texts": [1]}}, 400),
+    ("object item", "POST", "/classify", {"json": {"texts": [{"text": "a"}]}}, 400),
+    ("whitespace item", "POST", "/classify", {"json": {"texts": ["  "]}}, 400),
+    ("huge text", "POST", "/classify", {"json": {"texts": ["apple " * 100_000]}}, 400),
+    ("too many texts", "POST", "/classify", {"json": {"texts": ["apple"] * 65}}, 400),
+    ("key not a string", "POST", "/classify", {"json": {"texts": ["a"], "key": 5}}, 400),
+    ("key too long", "POST", "/classify", {"json": {"texts": ["a"], "key": "k" * 300}}, 400),
+    ("deeply nested", "POST", "/classify", {"content": b'{"texts": ' + b"[" * 50_000, "headers": JSON}, 400),
+    ("20 MB plain", "POST", "/classify", {"content": b" " * MB20, "headers": JSON}, 413),
+    ("20 MB chunked", "POST", "/classify", {"content": chunked, "headers": JSON}, 413),
+    ("GET on classify", "GET", "/classify", {}, 405),
+    ("PUT on classify", "PUT", "/classify", {"json": {"texts": ["a"]}}, 405),
+    ("DELETE on feedback", "DELETE", "/feedback", {}, 405),
+    (
+        "text/plain",
+        "POST",
+        "/classify",
+        {"content": b'{"texts": ["a"]}', "headers": {"content-type": "text/plain"}},
+        415,
+    ),
+    ("form body", "POST", "/classify", {"data": {"texts": "apple"}}, 415),
+    ("no content type", "POST", "/classify", {"content": b'{"texts": ["a"]}'}, 415),
+    ("feedback without id", "POST", "/feedback", {"json": {"label": "alpha"}}, 400),
+    ("feedback forged id", "POST", "/feedback", {"json": {"request_id": "x.y", "label": "alpha"}}, 400),
+    (
+        "feedback index text",
+        "POST",
+        "/feedback",
+        {"json": {"request_id": "x.y", "label": "a", "index": "one"}},
+        400,
+    ),
+    ("feedback label null", "POST", "/feedback", {"json": {"request_id": "x.y", "label": None}}, 400),
+    ("unknown path", "POST", "/predict", {"json": {"texts": ["a"]}}, 404),
+]
+
+
+def send(client: httpx.Client, method: str, path: str, kwargs: dict[str, Any]) -> httpx.Response:
+    if callable(kwargs.get("content")):
+        kwargs = {**kwargs, "content": kwargs["content"](MB20)}
+    return client.request(method, path, **kwargs)
+
+
+def test_every_malformed_request_gets_a_4xx_with_a_message_and_the_service_stays_ready(
+    server: httpx.Client,
+) -> None:
+    wrong: list[str] = []
+    for name, method, path, kwargs, expected in MATRIX:
+        r = send(server, method, path, kwargs)
+        if r.status_code != expected:
+            wrong.append(f"{name}: {r.status_code} (expected {expected}) {r.text[:300]}")
+        elif expected != 404:
+            message = r.json().get("error")
+            if not isinstance(message, str) or not message:
+                wrong.append(f"{name}: {r.status_code} without an error message: {r.text[:300]}")
+    assert not wrong, "\n".join(wrong)
+    assert status_of(server, "/readyz") == 200
+    ok = server.post("/classify", json={"texts": ["apple banana"]})
+    assert ok.status_code == 200 and ok.json()["predictions"][0]["model_version"] == "1"
+
+
+def test_odd_but_valid_text_is_classified_not_crashed_on(server: httpx.Client) -> None:
+    # A lone surrogate is valid JSON (\\ud800) but not encodable text; NUL and emoji are plain text.
+    for raw in (
+        b'{"texts": ["\\ud800 apple"]}',
+        b'{"texts": ["a\\u0000b"]}',
+        '{"texts": ["🍎 çé"]}'.encode(),
+    ):
+        r = server.post("/classify", content=raw, headers=JSON)
+        assert r.status_code in (200, 400), f"{raw!r}: {r.status_code} {r.text[:300]}"
+    assert status_of(server, "/readyz") == 200
+
+
+def test_without_a_token_configured_nothing_asks_for_one(server: httpx.Client) -> None:
+    bare = httpx.Client(base_url=server.base_url, timeout=30)
+    with bare:
+        assert bare.post("/classify", json={"texts": ["apple"]}).status_code == 200
+        assert bare.get("/status").status_code == 200 and bare.get("/metrics").status_code == 200
+
+
+def test_with_a_token_everything_but_the_probes_needs_it(guarded: httpx.Client) -> None:
+    assert guarded.post("/classify", json={"texts": ["apple"]}).status_code == 200
+    assert guarded.get("/status").status_code == 200 and guarded.get("/metrics").status_code == 200
+    with httpx.Client(base_url=guarded.base_url, timeout=30) as anonymous:
+        assert anonymous.get("/livez").status_code == 200 and anonymous.get("/readyz").status_code == 200
+        for method, path in (
+            ("POST", "/classify"),
+            ("POST", "/feedback"),
+            ("GET", "/status"),
+            ("GET", "/metrics"),
+        ):
+            for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": TOKEN}):
+                r = anonymous.request(method, path, json={"texts": ["a"]}, headers=headers)
+                assert r.status_code == 401, f"{method} {path} {headers}: {r.status_code}"
+                assert r.headers["www-authenticate"].startswith("Bearer")
+                assert "TUNELOOP_API_TOKEN" in r.json()["error"]
+        # refused on its headers: a 20 MB body without the token is never read
+        r = anonymous.post("/classify", content=chunked(MB20), headers=JSON)
+        assert r.status_code == 401
