@@ -16,8 +16,8 @@ import pytest
 from tuneloop.config import PROJECT_ROOT, load_settings
 from tuneloop.steps.convert import convert_step
 from tuneloop.steps.ingest import ingest_step
-from tuneloop.steps.release import promote_step
-from tuneloop.steps.round import approve_step, train_step
+from tuneloop.steps.release import approve_step, promote_step
+from tuneloop.steps.round import train_step
 
 pytestmark = pytest.mark.slow
 
@@ -59,11 +59,12 @@ def test_minilm_learns_banking77_then_new_intents_without_forgetting(banking_dro
     assert round1["gate"]["passed"], round1["gate"]["reasons"]
     assert round1["metrics"]["macro_f1"] >= ROUND1_MIN_MACRO_F1
     approve_step(settings, round1["version"], by="test")
-    promote_step(settings, round1["version"], reason="first model", by="test")
     # The real fine-tuned model through the real INT8 recipe, judged by the default policy's gates
-    # (agreement >= 0.995 and macro-F1 within 0.5 points on eval and golden).
+    # (agreement >= 0.995 and macro-F1 within 0.5 points on eval and golden). Converted before the
+    # promotion: only a version whose conversion passed may become champion.
     conversion = convert_step(settings, round1["version"], tensorrt="off")
     assert conversion["parity"]["passed"], conversion["parity"]["reasons"]
+    promote_step(settings, round1["version"], reason="first model", by="test")
     assert (
         conversion["artifacts"]["model.int8.onnx"]["bytes"]
         <= 0.3 * conversion["artifacts"]["model.onnx"]["bytes"]
