@@ -88,6 +88,20 @@ def test_ingest_logs_to_mlflow_on_postgresql(pg_database, tmp_path, monkeypatch)
     registry.set_alias("challenger", info.version)
     assert registry.alias("challenger").version == info.version
     assert Registry(settings).get_version(info.version).approval == "pending"
+    _check_lock(settings)
+
+
+def _check_lock(settings) -> None:
+    """Registry.lock works on this store: a second holder waits, names the first, then gets it."""
+    from tuneloop.registry.store import Registry, RegistryError
+
+    first, second = Registry(settings), Registry(settings)
+    waits = pytest.raises(RegistryError, match="held by")
+    with first.lock("aliases") as holder, waits as caught, second.lock("aliases", timeout_s=0.5):
+        pass
+    assert holder in str(caught.value)
+    with second.lock("aliases", timeout_s=5) as holder:
+        assert second.client.get_registered_model("tuneloop-intent.lock.aliases").tags["holder"] == holder
 
 
 def _free_port() -> int:
@@ -142,6 +156,7 @@ def test_ingest_through_an_mlflow_server_backed_by_postgresql(pg_database, tmp_p
         monkeypatch.setenv("TUNELOOP_TRACKING_URI", url)
         result = ingest_step(load_settings(), [_drop(tmp_path)])
         _check_lineage(url, result["mlflow_run_id"], result["snapshot"])
+        _check_lock(load_settings())
         # Artifacts went through the server (proxied), not to the client's disk.
         assert list((tmp_path / "server-artifacts").rglob("manifest.json"))
     finally:
