@@ -14,10 +14,17 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from tuneloop.config import load_settings
-from tuneloop.steps.round import approve_step, train_step
+from tuneloop.steps.release import approve_step
+from tuneloop.steps.round import train_step
+from tuneloop.steps.round_data import NothingNewError
 
 
-@task(name="train-round", retries=1, retry_delay_seconds=30)
+def _worth_retrying(_task: Any, _run: Any, state: Any) -> bool:
+    """Retry a crash (a registry hiccup, a killed worker), not "nothing new to train on"."""
+    return not isinstance(state.result(raise_on_failure=False), NothingNewError)
+
+
+@task(name="train-round", retries=1, retry_delay_seconds=30, retry_condition_fn=_worth_retrying)
 def train_round_task(snapshot_id: str | None, epochs: int | None) -> dict[str, Any]:
     return train_step(load_settings(), snapshot_id=snapshot_id, progress=False, epochs=epochs)
 
@@ -30,8 +37,13 @@ def approve_task(version: str, by: str, reject: bool, note: str) -> dict[str, An
 @flow(name="train", log_prints=True)
 def train_flow(snapshot_id: str | None = None, epochs: int | None = None) -> dict[str, Any]:
     """Train from the current champion on every snapshot it has not seen, up to `snapshot_id`
-    (default: the newest)."""
-    result = train_round_task(snapshot_id, epochs)
+    (default: the newest). With no new snapshot the run ends quietly: a nightly schedule on a quiet
+    day is not a failure."""
+    try:
+        result = train_round_task(snapshot_id, epochs)
+    except NothingNewError as exc:
+        get_run_logger().info(f"nothing to train: {exc}")
+        return {"skipped": str(exc)}
     verdict = "passed" if result["gate"]["passed"] else "refused: " + "; ".join(result["gate"]["reasons"])
     get_run_logger().info(f"v{result['version']} macro-F1 {result['metrics']['macro_f1']}: gate {verdict}")
     return result

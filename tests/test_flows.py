@@ -69,3 +69,20 @@ def test_train_and_convert_flows_register_and_convert_a_version(prefect_harness,
     converted = convert_flow(version="1")
     assert "model.int8.onnx" in converted["artifacts"]
     assert converted["tensorrt"]["skipped"].startswith("skipped:")
+
+
+def test_train_flow_with_nothing_new_ends_quietly_without_a_retry(prefect_harness, monkeypatch):
+    import flows.train as train_module
+
+    from tuneloop.steps.round_data import NothingNewError
+
+    calls = []
+
+    def nothing_new(*_args, **_kwargs):
+        calls.append(1)
+        raise NothingNewError("the champion has already been trained on every snapshot up to snap-0003")
+
+    monkeypatch.setattr(train_module, "train_step", nothing_new)
+    result = train_module.train_flow()
+    assert result == {"skipped": "the champion has already been trained on every snapshot up to snap-0003"}
+    assert len(calls) == 1  # a retry would only wait 30 s to learn the same thing
