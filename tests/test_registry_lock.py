@@ -101,3 +101,14 @@ def test_a_lost_lease_makes_the_with_block_fail_loudly(tmp_path: Path) -> None:
         registry.client.delete_registered_model(lock)
         registry.client.create_registered_model(lock, tags={"holder": "other/1/x", "expires_at": "9e9"})
     assert registry.client.get_registered_model(lock).tags["holder"] == "other/1/x"  # theirs, kept
+
+
+def test_an_error_inside_the_block_passes_through_and_the_lock_is_released(tmp_path: Path) -> None:
+    from mlflow.exceptions import MlflowException
+
+    registry = Registry(load_settings(home=tmp_path / "home"))
+    registry.ensure_model()
+    with pytest.raises(MlflowException, match="not found"), registry.lock("aliases"):
+        registry.client.get_registered_model("no-such-model")
+    with registry.lock("aliases", timeout_s=0.5):
+        pass

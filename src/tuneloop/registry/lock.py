@@ -101,14 +101,17 @@ def registry_lock(
             break
         except MlflowException as exc:
             if _error_code(exc) != "RESOURCE_ALREADY_EXISTS":
-                raise
-        tags = _read(client, lock_name)
-        if tags is None:
-            continue  # released between our create and our read: try again at once
-        expires = float(tags.get("expires_at", "0") or 0)
-        if expires < time.time():
-            _delete_if_holder(client, lock_name, tags.get("holder", ""))
-            continue
+                raise LockError(f"taking the lock {lock_name!r}{where} failed: {exc.message}") from exc
+        try:
+            tags = _read(client, lock_name)
+            if tags is None:
+                continue  # released between our create and our read: try again at once
+            expires = float(tags.get("expires_at", "0") or 0)
+            if expires < time.time():
+                _delete_if_holder(client, lock_name, tags.get("holder", ""))
+                continue
+        except MlflowException as exc:
+            raise LockError(f"reading the lock {lock_name!r}{where} failed: {exc.message}") from exc
         if time.monotonic() >= deadline:
             age = time.time() - float(tags.get("acquired_at", "0") or 0)
             raise LockError(
@@ -136,12 +139,23 @@ def registry_lock(
 
     renewer = threading.Thread(target=renew, name=f"renew {lock_name}", daemon=True)
     renewer.start()
+    release_error: Exception | None = None
     try:
         yield holder
     finally:
         stop.set()
         renewer.join()
-        released = _delete_if_holder(client, lock_name, holder)
+        try:
+            released = _delete_if_holder(client, lock_name, holder)
+        except MlflowException as exc:
+            # Raised below when the block succeeded; if the block itself failed, its error is the
+            # one to see, and the lease (at most `lease_s`) frees the lock.
+            released, release_error = True, exc
+    if release_error is not None:
+        raise LockError(
+            f"releasing the lock {lock_name!r}{where} failed ({release_error}); it frees itself when "
+            f"its lease ends, within {lease_s:.0f} s"
+        )
     if lost.is_set() or not released:
         raise LockError(
             f"lock {lock_name!r}{where} was lost while held (its lease of {lease_s:.0f} s ran out and "

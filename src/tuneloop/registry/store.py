@@ -305,8 +305,6 @@ class Registry:
         The lock is a registered model `<model>.lock.<name>` (see registry/lock.py); raises
         RegistryError naming the holder and its age after `timeout_s`, or if the lease was lost.
         """
-        from mlflow.exceptions import MlflowException
-
         from tuneloop.registry.lock import LockError, lock_model_name, registry_lock
 
         lock_name = lock_model_name(self.model_name, name)
@@ -314,11 +312,9 @@ class Registry:
             with registry_lock(
                 self.client, lock_name, timeout_s=timeout_s, lease_s=lease_s, where=f" at {self.where}"
             ) as holder:
-                yield holder
+                yield holder  # errors of the block itself pass through unchanged
         except LockError as exc:
-            raise RegistryError(str(exc)) from exc
-        except MlflowException as exc:
-            raise self._failed(f"taking or releasing the lock {lock_name!r}", exc) from exc
+            raise RegistryError(mask_uri(str(exc))) from exc
 
     # --- artifacts ---------------------------------------------------------------------------
     def download(self, version: str, subpath: str = "", dst: Path | None = None, verify: bool = True) -> Path:
