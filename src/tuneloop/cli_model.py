@@ -95,8 +95,8 @@ def approve(
     note: Annotated[str, typer.Option(help="Why (recorded on the version).")] = "",
     as_json: JsonOpt = False,
 ) -> None:
-    """Approve (or reject) a version: the same as setting its tag approval=approved in the MLflow UI."""
-    from tuneloop.steps.round import approve_step
+    """Approve (or reject) a version: the same as setting the tags approval and approval_by in the UI."""
+    from tuneloop.steps.release import approve_step
 
     settings = settings_or_exit()
     result = run_guarded(lambda: approve_step(settings, version, by=by, reject=reject, note=note))
