@@ -147,6 +147,13 @@ MATRIX: list[tuple[str, str, str, dict[str, Any], int]] = [
         400,
     ),
     ("feedback label null", "POST", "/feedback", {"json": {"request_id": "x.y", "label": None}}, 400),
+    (
+        "feedback non-ASCII id",
+        "POST",
+        "/feedback",
+        {"json": {"request_id": "\u00d2.\u00ae", "label": "alpha"}},
+        400,
+    ),
     ("unknown path", "POST", "/predict", {"json": {"texts": ["a"]}}, 404),
 ]
 

@@ -187,3 +187,36 @@ def test_load_guard_reads_the_token_and_limits_from_the_environment(monkeypatch:
     assert guard.limited_paths == frozenset({"/classify"})
     monkeypatch.setenv("TUNELOOP_API_TOKEN", "")
     assert load_guard({}).token is None
+
+
+async def test_a_json_endpoint_without_a_body_is_told_to_send_one() -> None:
+    app = Echo()
+    async with client(Guard(json_endpoints=JSON), app) as c:
+        r = await c.post("/classify")
+    assert r.status_code == 400 and '{"texts"' in error(r) and app.calls == 0
+
+
+async def test_validation_errors_name_the_field_and_keep_detail_a_string() -> None:
+    bentoml_400 = {
+        "error": "2 validation error for Input",
+        "detail": [
+            {"type": "string_type", "loc": ["texts", 1], "msg": "Input should be a valid string"},
+            {"type": "model_type", "loc": [], "msg": "Input should be an object"},
+        ],
+    }
+
+    async def invalid(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        body = json.dumps(bentoml_400 if scope["path"] == "/classify" else {"error": "x", "detail": "y"})
+        await send({"type": "http.response.start", "status": 400, "headers": [(b"content-length", b"1")]})
+        await send({"type": "http.response.body", "body": body.encode()[:5], "more_body": True})
+        await send({"type": "http.response.body", "body": body.encode()[5:]})
+
+    guard = Guard(json_endpoints={**JSON, "/other": frozenset({"POST"})})
+    async with client(guard, invalid) as c:  # type: ignore[arg-type]
+        r = await c.post("/classify", json={"texts": ["a", 1]})
+        untouched = await c.post("/other", json={})
+    assert r.status_code == 400 and int(r.headers["content-length"]) == len(r.content)
+    assert r.json()["detail"] == "texts[1]: Input should be a valid string; body: Input should be an object"
+    assert error(r).startswith("texts[1]: Input should be a valid string") and "/docs.json" in error(r)
+    assert untouched.json() == {"error": "x", "detail": "y"}

@@ -187,6 +187,9 @@ class HardeningMiddleware:
                     "(send fewer or shorter texts per request)",
                     [],
                 )
+        if methods is not None and not _has_body(scope):
+            # No body at all is a missing argument (400, as the API documents), not a wrong type.
+            return 400, f'{path} needs a JSON body, e.g. {{"texts": ["my card was declined"]}}', []
         if methods is not None and not _is_json(_header(scope, b"content-type")):
             got = _header(scope, b"content-type") or "none"
             return (
@@ -227,7 +230,55 @@ class HardeningMiddleware:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()  # only http.disconnect is left to come
 
+        if scope["path"] in self.guard.json_endpoints:
+            send = _readable_validation_errors(send, scope["path"])
         await self.app(scope, replay, send)
+
+
+def _readable_validation_errors(send: Send, path: str) -> Send:
+    """Rewrite BentoML's 400 for a body that fails the API's types into one that says what to fix.
+
+    BentoML answers `{"error": "3 validation error for Input", "detail": [pydantic errors]}`: the
+    message names no field, and `detail` is a list where its own OpenAPI document promises a
+    string (schemathesis flags it). This makes both `texts[0]: Input should be a valid string; ...`.
+    """
+    start: Message | None = None
+    parts: list[bytes] = []
+
+    async def rewrite(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start" and message["status"] == 400:
+            start = message  # held until the body is known
+            return
+        if start is None or message["type"] != "http.response.body":
+            await send(message)
+            return
+        parts.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body = _readable(b"".join(parts), path)
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    return rewrite
+
+
+def _readable(body: bytes, path: str) -> bytes:
+    try:
+        answer = json.loads(body)
+        problems = answer["detail"]
+        if not isinstance(problems, list):
+            return body
+        said = []
+        for problem in problems:
+            loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in problem.get("loc", ()))
+            said.append(f"{loc.lstrip('.') or 'body'}: {problem['msg']}")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return body  # not BentoML's validation shape: pass it on as it was
+    message = "; ".join(said) + f" (the request schema of {path} is in /docs.json)"
+    return json.dumps({"error": message, "detail": "; ".join(said)}).encode()
 
 
 def _has_body(scope: Scope) -> bool:
