@@ -18,6 +18,11 @@ WORDS = ["card", "arrived", "lost", "stolen", "top", "up", "money", "transfer", 
 WORDS += ["refund", "account", "pin"]
 
 
+# The shipped static recipe alone, timed briefly: the tests below are about that graph; the choice
+# among candidates has its own tests (test_int8_choice_*).
+STATIC_ONLY = {"threads": 1, "int8_candidates": ("static",), "timing_calls": 2}
+
+
 def _texts(n: int, seed: int) -> list[str]:
     rng = np.random.default_rng(seed)
     # 2..14 words, so batches mix lengths and dynamic padding is exercised.
@@ -70,7 +75,7 @@ def converted(classifier_dir: Path, eval_sets, tmp_path_factory: pytest.TempPath
 
     out = tmp_path_factory.mktemp("converted")
     result = convert_model(
-        classifier_dir, out, _texts(80, seed=2), eval_sets, None, ConversionSettings(threads=1)
+        classifier_dir, out, _texts(80, seed=2), eval_sets, None, ConversionSettings(**STATIC_ONLY)
     )
     return out, result
 
@@ -120,7 +125,10 @@ def test_int8_is_static_qdq_smaller_with_a_calibration_manifest(converted):
     assert result.artifacts["model.int8.onnx"].bytes < 0.35 * result.artifacts["model.onnx"].bytes
     record = json.loads((out / "calibration.json").read_text())
     sample = sample_calibration_texts(_texts(80, seed=2), record["count"], record["seed"])
-    assert record["count"] == 80 and record["seed"] == 13 and record["texts"] == sample
+    assert record["count"] == 80 and record["seed"] == 13 and "texts" not in record
+    # The sample is recorded by hashes that reproduce it from its source, never by its texts.
+    assert record["text_sha256"] == [texts_sha256([t]) for t in sample]
+    assert record["source_sha256"] == texts_sha256(_texts(80, seed=2)) and record["recipe"] == "static"
     assert record["sha256"] == texts_sha256(sample) and record["embedding_rows"] == 30522
     assert isinstance(record["outlier_channels"], dict) and record["outlier_ratio"] == 2.5
     # Residual adds and shapes read the float activation; only MatMuls read a Q->DQ'd one.
@@ -324,7 +332,7 @@ def test_reconvert_reuses_outputs_without_rewriting(converted, classifier_dir, e
     out, first = converted
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     again = convert_model(
-        classifier_dir, out, _texts(80, seed=2), eval_sets, None, ConversionSettings(threads=1)
+        classifier_dir, out, _texts(80, seed=2), eval_sets, None, ConversionSettings(**STATIC_ONLY)
     )
     assert again.reused and {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     assert {n: a.sha256 for n, a in again.artifacts.items()} == {
@@ -333,7 +341,7 @@ def test_reconvert_reuses_outputs_without_rewriting(converted, classifier_dir, e
     # New eval sets: parity is recomputed, the model files are not rewritten.
     golden_only = {"golden": eval_sets["golden"]}
     third = convert_model(
-        classifier_dir, out, _texts(80, seed=2), golden_only, None, ConversionSettings(threads=1)
+        classifier_dir, out, _texts(80, seed=2), golden_only, None, ConversionSettings(**STATIC_ONLY)
     )
     assert third.reused and set(third.parity.sets) == {"golden"}
     for name in ("model.onnx", "model.opt.onnx", "model.int8.onnx"):
@@ -344,8 +352,8 @@ def test_killed_conversion_leaves_no_final_named_partial_file(classifier_dir, ev
     from tuneloop.convert import ConversionSettings, convert_model
 
     out = tmp_path / "out"
-    # A child process converts, and dies by SIGKILL at the moment the finished INT8 file would be
-    # renamed into place: the worst case, a complete temp file and nothing else.
+    # A child process converts, and dies by SIGKILL at the moment the chosen INT8 candidate would be
+    # renamed into place as model.int8.onnx: the worst case, a complete candidate and nothing else.
     script = textwrap.dedent(
         f"""
         import os, signal
@@ -358,7 +366,8 @@ def test_killed_conversion_leaves_no_final_named_partial_file(classifier_dir, ev
         os.replace = dying_replace
         from tuneloop.convert import ConversionSettings, convert_model
         convert_model(Path({str(classifier_dir)!r}), Path({str(out)!r}), ["top up", "lost card pin"] * 8,
-                      {{"eval": (["card"], ["lost_card"])}}, None, ConversionSettings(threads=1))
+                      {{"eval": (["card"], ["lost_card"])}}, None,
+                      ConversionSettings(threads=1, int8_candidates=("static",), timing_calls=2))
         """
     )
     child = subprocess.run(
@@ -367,14 +376,13 @@ def test_killed_conversion_leaves_no_final_named_partial_file(classifier_dir, ev
     assert child.returncode == -9
     assert (out / "model.onnx").is_file()  # steps before the kill finished and were renamed
     assert not (out / "model.int8.onnx").exists() and not (out / "conversion.json").exists()
-    leftovers = [p.name for p in out.iterdir() if ".tmp-" in p.name]
-    assert any(name.startswith(".model.int8.onnx.tmp-") for name in leftovers)
+    assert (out / "candidate.static.onnx").is_file()  # complete, but under no published name
 
     result = convert_model(
-        classifier_dir, out, _texts(80, seed=2), eval_sets, None, ConversionSettings(threads=1)
+        classifier_dir, out, _texts(80, seed=2), eval_sets, None, ConversionSettings(**STATIC_ONLY)
     )
     assert not result.reused and result.passed
-    assert not [p for p in out.iterdir() if ".tmp-" in p.name]
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name or p.name.startswith("candidate.")]
 
 
 def test_atomic_output_keeps_the_old_file_when_a_write_fails(tmp_path):
@@ -423,3 +431,102 @@ def test_real_minilm_converts_fused_small_and_in_parity(tmp_path):
     # MiniLM's LayerNorm outputs carry channel 99 far above the rest: it must be split off.
     record = json.loads((tmp_path / "out" / "calibration.json").read_text())
     assert any(99 in channels for channels in record["outlier_channels"].values()), record["outlier_channels"]
+
+
+def _candidate(name: str, passed: bool, short_t1: float, short_t2: float, reasons=()):
+    from tuneloop.convert.choice import CandidateFigures
+
+    timings = {"short_t1": short_t1, "short_t2": short_t2, "long_t1": 10 * short_t1, "long_t2": 10 * short_t2}
+    return CandidateFigures(name, timings, passed, list(reasons))
+
+
+def test_int8_choice_is_the_fastest_candidate_that_passed_parity_at_the_serving_shape():
+    from tuneloop.convert.choice import choose_int8
+
+    fp32 = {"short_t1": 8.0, "short_t2": 6.0, "long_t1": 45.0, "long_t2": 28.0}
+    candidates = [
+        _candidate("static", True, 8.1, 6.2),
+        _candidate("static_lean", True, 5.9, 4.4),
+        # Fastest of all, but out of parity: never chosen.
+        _candidate("dynamic", False, 4.0, 3.1, ["test: int8 argmax agreement 0.9666 < 0.9950"]),
+    ]
+    choice = choose_int8(candidates, fp32)
+    assert (choice.chosen, choice.serve, choice.threads) == ("static_lean", "int8", 2)
+    assert choice.ratio_to_fp32 == pytest.approx(4.4 / 6.0)
+    assert any(
+        r.startswith("dynamic: failed parity (test: int8 argmax agreement 0.9666") for r in choice.reasons
+    )
+    # The order of the list decides nothing but ties.
+    assert choose_int8(list(reversed(candidates)), fp32).chosen == "static_lean"
+
+
+def test_int8_choice_falls_back_to_fp32_with_reasons_when_none_passes_or_none_is_faster():
+    from tuneloop.convert.choice import choose_int8
+
+    fp32 = {"short_t1": 8.0, "short_t2": 6.0}
+    failing = [
+        _candidate("static", False, 7.0, 5.0, ["eval: int8 macro-F1 drop 0.61 points > 0.50"]),
+        _candidate("dynamic", False, 4.0, 3.0, ["golden: int8 argmax agreement 0.9870 < 0.9950"]),
+    ]
+    none = choose_int8(failing, fp32)
+    assert (none.chosen, none.serve, none.threads, none.ratio_to_fp32) == (None, "fp32", None, None)
+    assert none.reasons == [
+        "static: failed parity (eval: int8 macro-F1 drop 0.61 points > 0.50)",
+        "dynamic: failed parity (golden: int8 argmax agreement 0.9870 < 0.9950)",
+        "no INT8 candidate passed parity: fp32 serves",
+    ]
+    # Passing but slower than fp32 at the serving shape: published as model.int8.onnx, fp32 serves.
+    slow = choose_int8([_candidate("static", True, 9.0, 6.5)], fp32)
+    assert (slow.chosen, slow.serve, slow.threads) == ("static", "fp32", 2)
+    assert "not faster than fp32" in slow.reasons[-1]
+
+
+def test_conversion_times_every_candidate_and_publishes_the_chosen_one_without_calibration_texts(
+    classifier_dir, eval_sets, tmp_path
+):
+    from tuneloop.convert import ConversionSettings, convert_model
+    from tuneloop.convert.choice import choose_int8
+    from tuneloop.convert.files import sha256_file
+
+    calibration = _texts(80, seed=2)
+    settings = ConversionSettings(threads=1, timing_threads=(1,), timing_calls=3)
+    result = convert_model(classifier_dir, tmp_path, calibration, eval_sets, None, settings)
+    figures = {c.name: c for c in result.int8_candidates}
+    assert set(figures) == {"static", "static_lean", "dynamic"}
+    for c in figures.values():
+        assert set(c.p50_ms) == {"short_t1", "long_t1"} and c.nodes > 0 and c.bytes > 0
+        assert set(c.agreement) == {"eval", "golden"}
+    # The decision recorded is the pure function's over the recorded figures.
+    fp32 = json.loads((tmp_path / "conversion.json").read_text())["int8_choice"]["fp32_p50_ms"]
+    assert result.int8_choice == choose_int8(result.int8_candidates, fp32)
+    chosen = result.int8_choice.chosen
+    assert chosen is not None and figures[chosen].parity_passed
+    assert result.artifacts["model.int8.onnx"].sha256 == sha256_file(tmp_path / "model.int8.onnx")
+    assert figures[chosen].bytes == result.artifacts["model.int8.onnx"].bytes
+    assert not list(tmp_path.glob("candidate.*"))
+    # No calibration text is published, in any file the conversion leaves (issue 8).
+    for path in (p for p in tmp_path.iterdir() if p.is_file()):
+        data = path.read_bytes()
+        leaked = [t for t in set(calibration) if t.encode() in data]
+        assert not leaked, (path.name, leaked[:3])
+
+
+def test_merged_qkv_matmuls_compute_the_same_function_in_float(converted, tmp_path):
+    """graph_merge: Q, K and V as one MatMul + bias + Split is exact before quantisation."""
+    import onnx
+
+    from tuneloop.convert import OnnxClassifier
+    from tuneloop.convert.graph_merge import merge_shared_input_matmuls
+
+    out, _ = converted
+    edited = tmp_path / "model.onnx"
+    shutil.copyfile(out / "model.onnx", edited)
+    # Tiny BERT, 2 layers: Q, K, V of each layer share the LayerNorm output.
+    assert merge_shared_input_matmuls(edited) == 2
+    onnx.checker.check_model(str(edited))
+    count = sum(n.op_type == "MatMul" for n in onnx.load(str(out / "model.onnx")).graph.node)
+    assert sum(n.op_type == "MatMul" for n in onnx.load(str(edited)).graph.node) == count - 2 * 2
+    texts = _texts(12, seed=5) + [""]
+    before = OnnxClassifier(out / "model.onnx").predict_logits(texts, batch_size=8)
+    after = OnnxClassifier(edited, tokenizer_dir=out).predict_logits(texts, batch_size=8)
+    np.testing.assert_allclose(after, before, atol=1e-5)

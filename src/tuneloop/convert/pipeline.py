@@ -30,18 +30,20 @@ from typing import Any
 
 import numpy as np
 
+from tuneloop.convert.choice import CandidateFigures, Int8Choice
 from tuneloop.convert.export import DEFAULT_OPSET, export_onnx
 from tuneloop.convert.files import atomic_output, sha256_file, sweep_temporaries, write_text_atomic
 from tuneloop.convert.optimize import optimize_onnx, read_bert_shape
 from tuneloop.convert.parity import ParityReport, check_parity, coerce_thresholds
-from tuneloop.convert.quantize import quantize_int8_dynamic, quantize_int8_static, texts_sha256
+from tuneloop.convert.quantize import quantize_int8_static, texts_sha256
 from tuneloop.convert.runtime import DEFAULT_MAX_LENGTH, OnnxClassifier, encode
 from tuneloop.convert.tensorrt import DEFAULT_PROFILE, EngineResult, publish_engine, tensorrt_status
+from tuneloop.convert.variants import CANDIDATES, EvalLogits, convert_int8
 
 MANIFEST = "conversion.json"
 # Part of the idempotency key: bump when a change here or in the steps changes what gets written,
 # so outputs of an older converter are rebuilt rather than reused.
-CONVERTER_VERSION = 4
+CONVERTER_VERSION = 5  # 5: INT8 chosen among timed candidates; calibration.json without texts
 SUPPORT_FILES = (
     "config.json",
     "vocab.txt",
@@ -74,6 +76,11 @@ class ConversionSettings:
     tensorrt: str = "auto"  # "auto": build a plan where TensorRT and a GPU exist; "off"
     trt_profile: dict[str, tuple[int, int, int]] = field(default_factory=lambda: dict(DEFAULT_PROFILE))
     threads: int | None = None  # ORT intra-op threads and torch threads for parity (None: library default)
+    # INT8 candidates built, judged and timed (variants.py); the fastest in parity is model.int8.onnx.
+    int8_candidates: tuple[str, ...] = CANDIDATES
+    timing_threads: tuple[int, ...] = (1, 2)  # serving thread counts timed (capped at this host's cores)
+    # Timed calls per model, shape and thread count: 4 x 2 x 2 x 24 calls of 3-45 ms, about 10 s.
+    timing_calls: int = 24
 
 
 @dataclass
@@ -96,6 +103,8 @@ class ConversionResult:
     quantization: str  # "static" or "dynamic"
     tensorrt: EngineResult
     reused: bool = False
+    int8_candidates: list[CandidateFigures] = field(default_factory=list)
+    int8_choice: Int8Choice | None = None
 
     @property
     def passed(self) -> bool:
@@ -168,19 +177,45 @@ def _parity(
     thresholds: Any,
     settings: ConversionSettings,
 ) -> ParityReport:
+    logits = _eval_logits(model_dir, out, eval_sets, settings)
+    int8 = out / "model.int8.onnx"  # absent when no INT8 candidate passed: fp32 is judged alone
+    i8 = logits.of(int8) if int8.is_file() else None
+    return check_parity(logits.reference, logits.fp32, i8, logits.labels, thresholds)
+
+
+def _fp32_path(out: Path) -> Path:
+    return out / ("model.opt.onnx" if (out / "model.opt.onnx").is_file() else "model.onnx")
+
+
+def _eval_logits(
+    model_dir: Path,
+    out: Path,
+    eval_sets: Mapping[str, tuple[Sequence[str], Sequence[Any]]],
+    settings: ConversionSettings,
+) -> EvalLogits:
+    """PyTorch and fp32 ONNX logits on every eval set, once; `of(path)` runs any other ONNX file."""
     label2id = json.loads((Path(model_dir) / "config.json").read_text()).get("label2id") or {}
-    fp32_name = "model.opt.onnx" if (out / "model.opt.onnx").is_file() else "model.onnx"
-    fp32 = OnnxClassifier(out / fp32_name, threads=settings.threads, max_length=settings.max_length)
-    int8 = OnnxClassifier(out / "model.int8.onnx", threads=settings.threads, max_length=settings.max_length)
+    fp32 = OnnxClassifier(_fp32_path(out), threads=settings.threads, max_length=settings.max_length)
     model, tokenizer = load_torch_model(model_dir, settings.threads), fp32.tokenizer
-    ref, f32, i8, y = {}, {}, {}, {}
-    for name, (texts, labels) in eval_sets.items():
-        texts = list(texts)
-        ref[name] = torch_logits(model, tokenizer, texts, settings.max_length, settings.batch_size)
-        f32[name] = fp32.predict_logits(texts, settings.batch_size)
-        i8[name] = int8.predict_logits(texts, settings.batch_size)
-        y[name] = _label_indices(labels, label2id)
-    return check_parity(ref, f32, i8, y, thresholds)
+    sets = {name: list(texts) for name, (texts, _) in eval_sets.items()}
+
+    def onnx_logits(path: Path) -> dict[str, np.ndarray]:
+        session = OnnxClassifier(
+            path, threads=settings.threads, max_length=settings.max_length, tokenizer_dir=out
+        )
+        return {name: session.predict_logits(texts, settings.batch_size) for name, texts in sets.items()}
+
+    return EvalLogits(
+        reference={
+            name: torch_logits(model, tokenizer, texts, settings.max_length, settings.batch_size)
+            for name, texts in sets.items()
+        },
+        fp32={name: fp32.predict_logits(texts, settings.batch_size) for name, texts in sets.items()},
+        labels={name: _label_indices(labels, label2id) for name, (_, labels) in eval_sets.items()},
+        of=onnx_logits,
+        texts=[text for texts in sets.values() for text in texts],
+        tokenizer=tokenizer,
+    )
 
 
 def _eval_key(
@@ -259,6 +294,8 @@ def convert_model(
         (out / name).unlink(missing_ok=True)
     for plan in [*out.glob("*.plan"), *out.glob("*.plan.json")]:
         plan.unlink()
+    for leftover in out.glob("candidate.*.onnx"):  # INT8 candidates of a killed conversion
+        leftover.unlink()
 
     def timed(step: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
@@ -279,27 +316,32 @@ def convert_model(
         "model.opt.onnx" if settings.optimize and settings.quantize_from == "optimized" else "model.onnx"
     )
     common = common_args(settings)
-    if calibration:
-        record = timed(
-            "quantize",
-            quantize_int8_static,
-            source,
-            out / "model.int8.onnx",
-            model_dir,
-            calibration,
-            preset=settings.preset,
-            **common,
-        )
-        write_text_atomic(out / "calibration.json", record.to_json())
-    else:
-        # Dynamic INT8 on the fused graph: its QAttention / QEmbedLayerNormalization kernels apply.
-        dyn_source = out / ("model.opt.onnx" if settings.optimize else "model.onnx")
-        timed("quantize", quantize_int8_dynamic, dyn_source, out / "model.int8.onnx")
+    logits = timed("reference", _eval_logits, model_dir, out, eval_sets, settings)
+    int8 = timed(
+        "int8",
+        convert_int8,
+        settings.int8_candidates,
+        out,
+        source,
+        out / ("model.opt.onnx" if settings.optimize else "model.onnx"),  # dynamic: fused kernels
+        _fp32_path(out),
+        model_dir,
+        calibration,
+        logits,
+        thresholds,
+        preset=settings.preset,
+        threads=settings.timing_threads,
+        calls=settings.timing_calls,
+        common=common,
+    )
+    if int8.calibration is not None:
+        write_text_atomic(out / "calibration.json", int8.calibration.to_json())
+    elif int8.choice.chosen == "dynamic":
         write_text_atomic(out / "calibration.json", json.dumps({"method": "dynamic", "count": 0}, indent=2))
     engine = timed(
         "tensorrt", _tensorrt_step, out, model_dir, calibration, settings, common, eval_sets, thresholds
     )
-    parity = timed("parity", _parity, model_dir, out, eval_sets, thresholds, settings)
+    parity = int8.report  # the published INT8's verdict (or fp32's alone), judged on these eval sets
 
     names = [*SUPPORT_FILES, *ARTIFACT_FILES]
     artifacts = {n: asdict(_artifact(out / n)) for n in names if (out / n).is_file()}
@@ -311,8 +353,10 @@ def convert_model(
         "parity": parity.to_dict(),
         "seconds": seconds,
         "fusions": fusions,
-        "quantization": "static" if calibration else "dynamic",
+        "quantization": _quantization(int8.choice.chosen),
         "tensorrt": asdict(engine),
+        "int8_candidates": [c.to_dict() for c in int8.candidates],
+        "int8_choice": {**int8.choice.to_dict(), "fp32_p50_ms": int8.fp32_p50_ms},
         "out_dir": str(out),
     }
     write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=2))
@@ -392,4 +436,19 @@ def _result(manifest: dict[str, Any], reused: bool) -> ConversionResult:
         quantization=manifest["quantization"],
         tensorrt=EngineResult(**manifest["tensorrt"]),
         reused=reused,
+        int8_candidates=[CandidateFigures(**c) for c in manifest.get("int8_candidates", [])],
+        int8_choice=_choice(manifest.get("int8_choice")),
     )
+
+
+def _choice(data: Mapping[str, Any] | None) -> Int8Choice | None:
+    if not data:
+        return None
+    return Int8Choice(**{k: v for k, v in data.items() if k != "fp32_p50_ms"})
+
+
+def _quantization(chosen: str | None) -> str:
+    """The INT8 kind published: static, dynamic, or none (no candidate passed: fp32 serves)."""
+    if chosen is None:
+        return "none"
+    return "dynamic" if chosen == "dynamic" else "static"

@@ -70,6 +70,7 @@ from tuneloop.convert.graph_edits import (
     quantize_word_embeddings,
     weight_matmul_inputs,
 )
+from tuneloop.convert.graph_merge import merge_shared_input_matmuls
 from tuneloop.convert.runtime import DEFAULT_MAX_LENGTH, encode, load_tokenizer
 
 # Only MatMuls with a constant weight: the word table gets its own per-row int8 (graph_edits), and
@@ -107,6 +108,23 @@ PRESETS = {
 }
 
 
+@dataclass(frozen=True)
+class StaticRecipe:
+    """Which rewrites a static INT8 candidate applies before Q/DQ (see the module docstring)."""
+
+    name: str
+    outlier_ratio: float | None = OUTLIER_RATIO  # None: no float side path for outlier channels
+    outlier_max_channels: int = OUTLIER_MAX_CHANNELS
+    per_token: bool = True  # scale each int8 MatMul input per token
+    merge_shared_inputs: bool = False  # Q, K, V as one MatMul (graph_merge)
+
+
+RECIPES = {
+    "static": StaticRecipe("static"),
+    "static_lean": StaticRecipe("static_lean", merge_shared_inputs=True),
+}
+
+
 @dataclass
 class CalibrationManifest:
     """Which texts calibrated the activation ranges, so a conversion can be reproduced."""
@@ -122,8 +140,13 @@ class CalibrationManifest:
     embedding_rows: int = 0  # word-embedding rows stored as per-row int8 (0: table kept float)
     # Activation tensor -> input channels multiplied in float beside its int8 MatMuls.
     outlier_channels: dict[str, list[int]] = field(default_factory=dict)
-    outlier_ratio: float = OUTLIER_RATIO
-    texts: list[str] = field(default_factory=list)
+    outlier_ratio: float | None = OUTLIER_RATIO
+    recipe: str = "static"
+    # One sha256 per sampled text, in sample order, and one over all the source texts: enough to
+    # find the sample again in the snapshot it came from (same texts, seed and count) and to prove
+    # it, without publishing training texts inside the model artifacts (issue 8).
+    text_sha256: list[str] = field(default_factory=list)
+    source_sha256: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False)
@@ -222,8 +245,10 @@ def quantize_int8_static(
     preset: str = "cpu",
     method: str = "MinMax",
     op_types: Sequence[str] = QUANTIZED_OP_TYPES,
+    recipe: StaticRecipe | None = None,
 ) -> CalibrationManifest:
     """Static INT8 in Q/DQ format, calibrated on a seeded sample; returns the calibration record."""
+    recipe = recipe or RECIPES["static"]
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     chosen = PRESETS[preset]
@@ -247,19 +272,23 @@ def quantize_int8_static(
             # Not for `tensorrt`: TensorRT 10's strongly typed networks take int8 only inside Q/DQ
             # pairs, and the per-row table is an int8 Gather then Cast; its embeddings stay float.
             embedding_rows = quantize_word_embeddings(pre) if preset != "tensorrt" else 0
-            peaks = channel_peaks(
-                pre,
-                [
-                    encode(tokenizer, sample[i : i + batch_size], max_length)
-                    for i in range(0, min(len(sample), OUTLIER_TEXTS), batch_size)
-                ],
-            )
-            picked = {
-                name: pick_outlier_channels(top, OUTLIER_RATIO, OUTLIER_MAX_CHANNELS)
-                for name, top in peaks.items()
-            }
-            outliers = {name: chans for name, chans in picked.items() if chans}
-            side_matmuls = prepare_int8_matmul_inputs(pre, outliers, per_token=True)
+            if recipe.merge_shared_inputs:
+                merge_shared_input_matmuls(pre)
+            outliers: dict[str, list[int]] = {}
+            if recipe.outlier_ratio is not None:
+                peaks = channel_peaks(
+                    pre,
+                    [
+                        encode(tokenizer, sample[i : i + batch_size], max_length)
+                        for i in range(0, min(len(sample), OUTLIER_TEXTS), batch_size)
+                    ],
+                )
+                picked = {
+                    name: pick_outlier_channels(top, recipe.outlier_ratio, recipe.outlier_max_channels)
+                    for name, top in peaks.items()
+                }
+                outliers = {name: chans for name, chans in picked.items() if chans}
+            side_matmuls = prepare_int8_matmul_inputs(pre, outliers, per_token=recipe.per_token)
             with _without_preprocess_advice():
                 quantize_static(
                     str(pre),
@@ -298,7 +327,10 @@ def quantize_int8_static(
         method=method,
         embedding_rows=embedding_rows,
         outlier_channels=outliers,
-        texts=sample,
+        outlier_ratio=recipe.outlier_ratio,
+        recipe=recipe.name,
+        text_sha256=[texts_sha256([text]) for text in sample],
+        source_sha256=texts_sha256(list(calibration_texts)),
     )
 
 
