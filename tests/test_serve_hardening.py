@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,12 +69,14 @@ def running_server(settings: Settings, log_dir: Path, **env: str) -> Iterator[ht
         {"authorization": f"Bearer {env['TUNELOOP_API_TOKEN']}"} if env.get("TUNELOOP_API_TOKEN") else {}
     )
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, headers=headers)
+    client.server_process = proc  # type: ignore[attr-defined]  (the shutdown test signals it)
     try:
         _wait(lambda: status_of(client, "/readyz") == 200, 120, "the server to answer /readyz 200")
         yield client
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
         client.close()
         log.close()
 
@@ -220,3 +225,39 @@ def test_with_a_token_everything_but_the_probes_needs_it(guarded: httpx.Client) 
         # refused on its headers: a 20 MB body without the token is never read
         r = anonymous.post("/classify", content=chunked(MB20), headers=JSON)
         assert r.status_code == 401
+
+
+def test_sigterm_lets_a_request_in_flight_finish(champion: Settings, tmp_path: Path) -> None:
+    """A request whose body is still arriving when SIGTERM lands is answered 200, then the server exits."""
+    release = threading.Event()
+    sent_first = threading.Event()
+
+    def slow_body() -> Iterator[bytes]:
+        yield b'{"texts": ["apple banana", '
+        sent_first.set()
+        release.wait(30)
+        yield b'"river ocean"]}'
+
+    with running_server(champion, tmp_path) as client:
+        proc = client.server_process  # type: ignore[attr-defined]
+        answer: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                answer["response"] = client.post("/classify", content=slow_body(), headers=JSON)
+            except httpx.HTTPError as exc:
+                answer["error"] = repr(exc)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        assert sent_first.wait(10)
+        time.sleep(0.5)  # the request is inside the server, its body half read
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(2)  # shutdown has begun: the request must still be taken to the end
+        release.set()
+        caller.join(30)
+        assert "error" not in answer, answer.get("error")
+        response = answer["response"]
+        assert response.status_code == 200, response.text
+        assert len(response.json()["predictions"]) == 2
+        assert proc.wait(timeout=60) is not None
