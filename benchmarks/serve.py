@@ -11,11 +11,14 @@ Side by side on BANKING77 test texts, one text per request, from a lightweight a
     .venv/bin/python benchmarks/serve.py --quick    # fewer requests per measurement
 
 The model is the 77-way BANKING77 LoRA classifier that benchmarks/convert.py builds and caches
-(`.tuneloop/bench/convert/banking77-lora-16pc`, ~4 min to train the first time) and its INT8 ONNX
-conversion; `--model DIR` serves any merged classifier folder instead. The server reads the model
-through a local Source (`build_runtime` below, named by TUNELOOP_SERVE_RUNTIME) in place of the
-MLflow registry: the request path (HTTP, hardening middleware, batcher, scoring, backend) is the
-one production runs; only the registry download at load time is skipped.
+(`.tuneloop/bench/convert/banking77-lora-16pc`, ~4 min to train on an idle machine) and its INT8 ONNX
+conversion; `--head logreg` takes convert.py's other cached model (the same MiniLM-L6 with a 77-way
+linear head fitted on frozen features: minutes to build instead of ~40 on a busy 2-core machine, and
+the same network, so the same cost per call); `--model DIR` serves any merged classifier folder.
+The server reads the model through a local Source (`build_runtime` below, named by
+TUNELOOP_SERVE_RUNTIME) in place of the MLflow registry: the request path (HTTP, hardening
+middleware, batcher, scoring, backend) is the one production runs; only the registry download at
+load time is skipped.
 
 The client shares the 2 cores with the server, as any loopback benchmark does; the figures are
 for that setting. The last line printed is one JSON object.
@@ -93,11 +96,16 @@ def load_predictor(backend: str, threads: int, max_tokens: int) -> Any:
 def prepare_model(args: argparse.Namespace) -> tuple[Path, Path]:
     """(merged model folder, INT8 ONNX file): benchmarks/convert.py's cached BANKING77 LoRA model."""
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from convert import build_lora_model, read_split, stratified
+    from convert import build_banking77_model, build_lora_model, read_split, stratified
     from tuneloop.convert import ConversionSettings, convert_model
 
     work = args.work
-    model = args.model or build_lora_model(args.data, work / "banking77-lora-16pc", 16)
+    if args.model:
+        model = args.model
+    elif args.head == "lora":
+        model = build_lora_model(args.data, work / "banking77-lora-16pc", 16)
+    else:
+        model = build_banking77_model(args.data, work / "banking77-head-40pc", 40)
     out = work / ("convert-" + model.name)
     if not (out / "model.int8.onnx").is_file():
         train_texts, _ = read_split(args.data, "train")
@@ -286,6 +294,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", type=Path, help="merged classifier folder (default: BANKING77 LoRA)")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "banking77")
     parser.add_argument("--work", type=Path, default=REPO / ".tuneloop" / "bench" / "convert")
+    parser.add_argument(
+        "--head",
+        choices=["lora", "logreg"],
+        default="lora",
+        help="model built without --model (convert.py's caches); the same network either way",
+    )
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--requests", type=int, default=400, help="timed requests at concurrency 1")
     parser.add_argument("--load-requests", type=int, default=1600, help="timed requests at --concurrency")
