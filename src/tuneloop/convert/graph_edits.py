@@ -19,7 +19,7 @@ argmax agreement of INT8 against fp32; see benchmarks/README.md):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -155,7 +155,9 @@ def pick_outlier_channels(channel_max: np.ndarray, ratio: float, max_channels: i
 
 
 def prepare_int8_matmul_inputs(
-    model_path: Path, outliers: Mapping[str, Sequence[int]], per_token: bool = True
+    model_path: Path,
+    outliers: Mapping[str, Sequence[int]],
+    per_token: bool | Callable[[str], bool] = True,
 ) -> list[str]:
     """Rewrite in place so each int8 MatMul sees a well-scaled input; return the float side MatMuls.
 
@@ -163,7 +165,8 @@ def prepare_int8_matmul_inputs(
 
         r * ((X * mask / r) @ W)  +  X[..., O] @ W[O, :]
         O: X's outlier channels (`outliers[X]`), mask: 0 on O and 1 elsewhere
-        r: per token, max |X * mask| over the channels (1 when `per_token` is False)
+        r: per token, max |X * mask| over the channels (1 when `per_token` is False, or when
+           `per_token(X)` is False for a predicate: scaling only some inputs)
 
     which is the same product in float (the tests check 1e-5). Only the middle MatMul is
     quantised. Its input lies in [-1, 1] for every token, so one static scale fits all of them:
@@ -187,6 +190,7 @@ def prepare_int8_matmul_inputs(
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
     wanted = {name: [int(c) for c in chans] for name, chans in outliers.items() if len(chans)}
+    scaled = per_token if callable(per_token) else (lambda _name: bool(per_token))
     if per_token:
         graph.initializer.append(
             numpy_helper.from_array(np.array(1e-6, dtype=np.float32), "int8_token_floor")
@@ -196,7 +200,7 @@ def prepare_int8_matmul_inputs(
     out_nodes = []
     for node in graph.node:
         x = node.input[0] if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if x is None or node.input[1] not in inits or not (per_token or x in wanted):
+        if x is None or node.input[1] not in inits or not (scaled(x) or x in wanted):
             out_nodes.append(node)
             continue
         chans = wanted.get(x, [])
@@ -223,7 +227,7 @@ def prepare_int8_matmul_inputs(
                     ),
                 ]
                 current = f"{base}_inliers"
-            if per_token:
+            if scaled(x):
                 scale = f"{base}_token_max"
                 out_nodes += [
                     helper.make_node("Abs", [current], [f"{base}_abs"], name=f"{base}_abs"),

@@ -81,6 +81,7 @@ class ConversionSettings:
     timing_threads: tuple[int, ...] = (1, 2)  # serving thread counts timed (capped at this host's cores)
     # Timed calls per model, shape and thread count: 4 x 2 x 2 x 24 calls of 3-45 ms, about 10 s.
     timing_calls: int = 24
+    keep_candidates: bool = False  # keep the unchosen candidates in candidates/ (benchmarks/convert.py)
 
 
 @dataclass
@@ -294,8 +295,8 @@ def convert_model(
         (out / name).unlink(missing_ok=True)
     for plan in [*out.glob("*.plan"), *out.glob("*.plan.json")]:
         plan.unlink()
-    for leftover in out.glob("candidate.*.onnx"):  # INT8 candidates of a killed conversion
-        leftover.unlink()
+    for leftover in [*out.glob("candidate.*.onnx"), *out.glob("candidates/*.onnx")]:
+        leftover.unlink()  # INT8 candidates of a killed or earlier conversion
 
     def timed(step: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
@@ -333,6 +334,7 @@ def convert_model(
         threads=settings.timing_threads,
         calls=settings.timing_calls,
         common=common,
+        keep=out / "candidates" if settings.keep_candidates else None,
     )
     if int8.calibration is not None:
         write_text_atomic(out / "calibration.json", int8.calibration.to_json())

@@ -115,13 +115,22 @@ class StaticRecipe:
     name: str
     outlier_ratio: float | None = OUTLIER_RATIO  # None: no float side path for outlier channels
     outlier_max_channels: int = OUTLIER_MAX_CHANNELS
-    per_token: bool = True  # scale each int8 MatMul input per token
+    # Which int8 MatMul inputs are scaled per token: "all", "layernorm" (LayerNorm outputs only,
+    # the inputs of Q/K/V and of the FFN, where [CLS] keeps its magnitude in outlier channels), "none".
+    per_token: str = "all"
     merge_shared_inputs: bool = False  # Q, K, V as one MatMul (graph_merge)
+
+    def scales_per_token(self, tensor: str) -> bool:
+        """Whether the int8 MatMul input `tensor` gets per-token scaling under this recipe."""
+        if self.per_token == "layernorm":
+            return "LayerNorm" in tensor
+        return self.per_token == "all"
 
 
 RECIPES = {
     "static": StaticRecipe("static"),
-    "static_lean": StaticRecipe("static_lean", merge_shared_inputs=True),
+    "static_merged": StaticRecipe("static_merged", merge_shared_inputs=True),
+    "static_lean": StaticRecipe("static_lean", per_token="layernorm", merge_shared_inputs=True),
 }
 
 
@@ -288,7 +297,7 @@ def quantize_int8_static(
                     for name, top in peaks.items()
                 }
                 outliers = {name: chans for name, chans in picked.items() if chans}
-            side_matmuls = prepare_int8_matmul_inputs(pre, outliers, per_token=recipe.per_token)
+            side_matmuls = prepare_int8_matmul_inputs(pre, outliers, per_token=recipe.scales_per_token)
             with _without_preprocess_advice():
                 quantize_static(
                     str(pre),

@@ -4,9 +4,12 @@ The candidates (ConversionSettings.int8_candidates; the order is the tie-break p
 
 * `static`      - the calibrated Q/DQ recipe of quantize.py: per-row int8 word table, outlier
                   channels in float beside every int8 MatMul, per-token scaling of every int8 input.
-* `static_lean` - the same, with Q, K and V merged into one MatMul per layer (graph_merge), so the
-                  per-token scaling and the outlier side path run once per layer input rather than
-                  once per MatMul.
+* `static_merged` - the same, with Q, K and V merged into one MatMul per layer (graph_merge), so
+                  the per-token scaling and the outlier side path run once per layer input rather
+                  than once per MatMul.
+* `static_lean` - merged, and per-token scaling only on LayerNorm outputs (Q/K/V and FFN inputs):
+                  the attention-context and GELU inputs keep one static scale, 12 fewer
+                  Abs/ReduceMax/Max/Div/Mul groups on MiniLM.
 * `dynamic`     - ONNX Runtime's dynamic INT8 on the fused graph (QAttention, DynamicQuantizeMatMul):
                   the fewest nodes, no calibration, one activation scale per tensor per call.
 
@@ -36,7 +39,7 @@ from tuneloop.convert.quantize import (
 )
 from tuneloop.convert.timing import time_models, typical_text
 
-CANDIDATES = ("static", "static_lean", "dynamic")
+CANDIDATES = ("static", "static_merged", "static_lean", "dynamic")
 STATIC = tuple(RECIPES)
 
 
@@ -137,11 +140,17 @@ def count_nodes(path: Path) -> int:
     return len(onnx.load(str(path), load_external_data=False).graph.node)
 
 
-def publish_choice(out: Path, names: Sequence[str], choice: Int8Choice, final: Path) -> None:
-    """Rename the chosen candidate to `final` (atomic) and remove every other candidate file."""
+def publish_choice(
+    out: Path, names: Sequence[str], choice: Int8Choice, final: Path, keep: Path | None = None
+) -> None:
+    """Rename the chosen candidate to `final` (atomic); move the others to `keep` (a benchmark
+    times them again) or remove them."""
     if choice.chosen is not None:
         os.replace(candidate_path(out, choice.chosen), final)
     for name in names:
+        if keep is not None and candidate_path(out, name).is_file():
+            keep.mkdir(parents=True, exist_ok=True)
+            os.replace(candidate_path(out, name), keep / f"{name}.onnx")
         candidate_path(out, name).unlink(missing_ok=True)
 
 
@@ -190,6 +199,7 @@ def convert_int8(
     threads: Sequence[int],
     calls: int,
     common: Mapping[str, Any],
+    keep: Path | None = None,
 ) -> Int8Outcome:
     """Build every usable candidate, judge and time them, publish the choice as out/model.int8.onnx."""
     from tuneloop.convert.choice import choose_int8
@@ -220,7 +230,7 @@ def convert_int8(
             build_seconds=seconds,
         )
         choice = choose_int8(figures, fp32_ms)
-        publish_choice(out, built, choice, Path(out) / "model.int8.onnx")
+        publish_choice(out, built, choice, Path(out) / "model.int8.onnx", keep)
     finally:
         for name in built:  # a failure anywhere leaves no candidate file behind
             candidate_path(out, name).unlink(missing_ok=True)
