@@ -18,6 +18,7 @@ E2E_MODULES = {
     "test_flows.py": "Prefect flows under prefect_test_harness, which starts a Prefect API server",
     "test_server_path.py": "MLflow on PostgreSQL, directly and behind an `mlflow server` process",
     "test_real_model.py": "ingest, two training rounds, promotion and conversion on the real MiniLM",
+    "test_serve_server.py": "the BentoML service as a `bentoml serve` subprocess following a registry",
     "test_serve_hardening.py": "bad requests and bearer auth against `bentoml serve` subprocesses",
     "test_serve_schema.py": "schemathesis against the OpenAPI document of a `bentoml serve` subprocess",
 }

@@ -69,3 +69,17 @@ def test_int8_preset_reaches_the_conversion_settings(monkeypatch):
     assert conversion_settings(load_settings()).preset == "cpu7"
     monkeypatch.delenv("TUNELOOP_INT8_PRESET")
     assert conversion_settings(load_settings()).preset == "cpu"
+
+
+def test_golden_per_label_zero_is_refused_with_the_reason(monkeypatch):
+    # 0 was accepted, then every round failed the union gate: refuse it where it is set.
+    monkeypatch.setenv("TUNELOOP_GOLDEN_PER_LABEL", "0")
+    with pytest.raises(ValueError, match="golden_per_label"):
+        load_settings()
+
+
+def test_landing_settle_seconds_reaches_the_ingest_config(monkeypatch):
+    from tuneloop.steps.ingest import ingest_config
+
+    monkeypatch.setenv("TUNELOOP_LANDING_SETTLE_SECONDS", "0.5")
+    assert ingest_config(load_settings()).settle_seconds == 0.5

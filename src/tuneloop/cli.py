@@ -17,7 +17,7 @@ import typer
 import yaml
 from rich.table import Table
 
-from tuneloop import cli_model
+from tuneloop import cli_model, cli_serve
 from tuneloop.cli_common import JsonOpt, emit, err, out, run_guarded, settings_or_exit
 from tuneloop.config import mask_settings
 
@@ -93,6 +93,10 @@ def _render_ingest(r: dict[str, Any]) -> None:
         table.add_row(f"  quarantined: {reason}", str(n))
     for fq in r["files_quarantined"]:
         table.add_row("  file quarantined", f"{fq['path']} ({fq['reason']}: {fq['detail']})")
+    for fq in r.get("already_quarantined", []):
+        table.add_row("  already quarantined", f"{fq['path']} ({fq['reason']}): not copied again")
+    for fw in r.get("waiting", []):
+        table.add_row("  waiting", f"{fw['path']} ({fw['detail']}; a later poll reads it)")
     out.print(table)
     out.print(r["message"])
     if r.get("quarantine_report"):
@@ -168,6 +172,21 @@ def _render_status(r: dict[str, Any]) -> None:
                 v["conversion"],
             )
         out.print(versions)
+        _render_waiting(reg)
+
+
+def _render_waiting(reg: dict[str, Any]) -> None:
+    """One block per version waiting for a person, with both ways to approve it, verbatim."""
+    if reg.get("policy_error"):
+        err.print(f"policy not loaded, approvals not judged: {reg['policy_error']}", markup=False)
+    for w in reg.get("waiting_for_approval", []):
+        approvers = f" (approvers: {', '.join(w['approvers'])})" if w["approvers"] else ""
+        # markup=False: reasons quote lists like ['alice'], which rich would read as style tags.
+        out.print(f"WAITING FOR APPROVAL: v{w['version']} (conversion: {w['conversion']})", markup=False)
+        for reason in w["reasons"]:
+            out.print(f"  why: {reason}", markup=False)
+        out.print(f"  in the UI: {w['ui']}", markup=False)
+        out.print(f"  or run:    {w['command']}{approvers}", markup=False)
 
 
 def _fmt(value: float | None) -> str:
@@ -186,7 +205,7 @@ def show_config(as_json: JsonOpt = False) -> None:
         out.print(yaml.safe_dump(mask_settings(settings.model_dump(mode="json")), sort_keys=False), end="")
 
 
-for command in cli_model.COMMANDS:
+for command in [*cli_model.COMMANDS, *cli_serve.COMMANDS]:
     app.command()(command)  # type: ignore[type-var]
 
 if __name__ == "__main__":

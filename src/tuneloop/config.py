@@ -89,7 +89,16 @@ class Settings(BaseSettings):
     )
     eval_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each label held out for eval.")
     golden_per_label: int = Field(
-        5, ge=0, description="Rows per label frozen into the golden regression set (never trained on)."
+        5,
+        ge=1,
+        description="Rows per label frozen into the golden regression set (never trained on). At least "
+        "1: without a golden set forgetting cannot be judged, so no round could pass the gates.",
+    )
+    landing_settle_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="A landing file modified less than this long ago waits for a later poll (writers "
+        "should write under a .part/.tmp or dot name and rename in; this catches those that do not).",
     )
     seed: int = Field(13, description="Seed for splits, sampling and training.")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from tuneloop.config import Settings, mask_uri
@@ -21,6 +20,7 @@ def run_demo(settings: Settings, echo: Callable[[str], None] | None = None) -> d
 
     from tuneloop.config import PROJECT_ROOT
     from tuneloop.data.bundled import write_bundled
+    from tuneloop.data.messy import write_messy
     from tuneloop.steps.ingest import ingest_step
     from tuneloop.steps.status import status
 
@@ -38,7 +38,9 @@ def run_demo(settings: Settings, echo: Callable[[str], None] | None = None) -> d
         shutil.copy2(files[name], target)
         drop = [target]
         if name == "drift-1":
-            drop.append(_write_messy_drop(landing / "messy.csv", files["base"]))
+            # Two messy files (CSV and JSONL: no one format can hold every fault) with one row of
+            # each quarantine reason, a duplicate and two good rows (tuneloop.data.messy).
+            drop.extend(write_messy(landing))
         say(f"[bold]drop {name}[/]: {', '.join(str(p) for p in drop)}")
         result = ingest_step(settings, drop)
         say(f"  ingest: {result['message']}")
@@ -52,29 +54,6 @@ def run_demo(settings: Settings, echo: Callable[[str], None] | None = None) -> d
     uri = mask_uri(settings.resolved_tracking_uri)
     say(f"next: `tuneloop status`, or `mlflow ui --backend-store-uri {uri}`")
     return {"rounds": rounds, "status": final}
-
-
-def _write_messy_drop(path: Path, base: Path) -> Path:
-    """A drop the way real ones arrive: a few good rows and one of each fault ingest must catch."""
-    import csv
-
-    with base.open(encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        first, second = next(reader), next(reader)
-    rows = [
-        ("   ", "track_order"),  # empty after whitespace normalisation
-        ("x" * 2500, "track_order"),  # over the 2,000-character limit
-        ("where is my refund for the blue kettle", ""),  # missing label
-        ("cancel it now!!", "cancel order!"),  # label outside the pattern
-        (first["text"], first["label"]),  # exact duplicate of a base row
-        (second["text"].upper(), "talk_to_human"),  # a base text with another label: conflict
-        ("hey can u tell me where my package is rn", "track_order"),  # a good row
-    ]
-    with path.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        writer.writerows(rows)
-    return path
 
 
 def _train_and_release(settings: Settings, snapshot_id: str, say: Callable[[str], None]) -> dict[str, Any]:

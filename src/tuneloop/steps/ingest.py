@@ -45,7 +45,7 @@ def ingest_config(settings: Settings) -> IngestConfig:
         golden_per_label=settings.golden_per_label,
         seed=settings.seed,
         # Until Settings has the field (config.py is not this stage's file), the default holds.
-        settle_seconds=float(getattr(settings, "landing_settle_seconds", IngestConfig.settle_seconds)),
+        settle_seconds=settings.landing_settle_seconds,
     )
 
 
