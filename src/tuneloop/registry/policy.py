@@ -132,6 +132,39 @@ class CanaryPolicy(_Section):
         return value
 
 
+class TriggerPolicy(_Section):
+    """When the loop starts a retraining round by itself (schedule, data landed, drift seen).
+
+    Read by the pure `tuneloop.steps.triggers.decide_round`; a manual run (`tuneloop retrain`) is
+    an operator's decision and is not subject to it.
+    """
+
+    min_new_rows: int = Field(
+        ge=1, description="Rows ingested since the champion's snapshot before new data starts a round."
+    )
+    min_mean_confidence: float = Field(
+        ge=0,
+        le=1,
+        description="Drift: the champion's mean top-1 probability on served traffic below this starts "
+        "a round.",
+    )
+    max_label_mix_distance: float = Field(
+        ge=0,
+        le=1,
+        description="Drift: total variation distance between the champion's predicted-label mix and "
+        "the label mix it was trained on above this starts a round.",
+    )
+    min_drift_requests: int = Field(
+        ge=1, description="Requests the champion must have answered before the drift signals are judged."
+    )
+    cooldown_seconds: float = Field(
+        ge=0, description="Least time after the last round (its version's registration) before another."
+    )
+    max_rounds_per_day: int = Field(
+        ge=1, description="Most rounds registered in any 24 hours that automatic triggers may start."
+    )
+
+
 class Policy(_Section):
     """The whole promotion policy, as read from `registry/policy.yaml`."""
 
@@ -142,6 +175,11 @@ class Policy(_Section):
     )
     conversion: ConversionPolicy = Field(description="Conversion parity (see ConversionPolicy).")
     canary: CanaryPolicy = Field(description="Canary rollout (see CanaryPolicy).")
+    triggers: TriggerPolicy | None = Field(
+        default=None,
+        description="Automatic retraining (see TriggerPolicy); omitted means the safe choice: rounds "
+        "start only when an operator runs one.",
+    )
 
 
 class PolicyError(ValueError):
