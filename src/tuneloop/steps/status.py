@@ -76,7 +76,27 @@ def registry_status(settings: Settings) -> dict[str, Any]:
             }
         )
     aliases = {alias: v.version for v in found for alias in v.aliases}
-    return {"model": settings.model_name, "aliases": aliases, "versions": versions}
+    result = {"model": settings.model_name, "aliases": aliases, "versions": versions}
+    return {**result, **_approvals(settings, found, aliases.get("champion"))}
+
+
+def _approvals(settings: Settings, found: list[Any], champion: str | None) -> dict[str, Any]:
+    """Versions waiting for a person's approval, with the exact UI clicks and CLI command.
+
+    A policy file that does not load is reported, not raised: status is what people run to find
+    out what is wrong, so it still shows the data and versions.
+    """
+    from dataclasses import asdict
+
+    from tuneloop.registry.policy import PolicyError, load_policy
+    from tuneloop.steps.approvals import waiting_for_approval
+
+    try:
+        policy = load_policy(settings.policy_path)
+    except (PolicyError, FileNotFoundError) as exc:
+        return {"waiting_for_approval": [], "policy_error": str(exc)}
+    waiting = waiting_for_approval(found, policy, champion, settings.model_name)
+    return {"waiting_for_approval": [asdict(w) for w in waiting]}
 
 
 def status(settings: Settings, include_registry: bool = True) -> dict[str, Any]:
