@@ -180,3 +180,28 @@ def test_counters_from_the_service_text_format_and_deltas() -> None:
     delta = diff(doubled, counters)
     assert delta["2"].items == 10 and delta["2"].predicted == {"a": 6, "b": 4}
     assert diff(counters, doubled)["2"].items == 0
+
+
+def test_fault_switch_hits_only_its_version_and_the_champion_answers() -> None:
+    from test_serve_units import FakePredictor, Recorder
+    from tuneloop.serve.breaker import CircuitBreaker
+    from tuneloop.serve.bundle import Bundle, LoadedModel
+    from tuneloop.serve.routing import item_key
+    from tuneloop.serve.scoring import Fault, Item, score_items
+
+    champion = LoadedModel("1", "fake", FakePredictor(["a", "b"], 0))
+    canary = LoadedModel("2", "fake", FakePredictor(["a", "b"], 1))
+    items = [Item("t", item_key(None, "n", i)) for i in range(40)]
+    rec = Recorder()
+    out = score_items(
+        Bundle(champion, canary, 0.5),
+        items,
+        breaker=CircuitBreaker(failures=100, cooldown_s=60),
+        observer=rec,
+        top_k=1,
+        shadow_share=0,
+        fault=Fault("2", error_rate=1.0),
+    )
+    assert {p["model_version"] for p in out} == {"1"} and len(out) == 40
+    assert ("error", "2") in rec.events and ("error", "1") not in rec.events
+    Fault("1", latency_ms=0, error_rate=0).apply("1")  # configured but harmless: no raise

@@ -8,6 +8,7 @@ answered by the champion, so a failing canary costs its users nothing but a slow
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +33,27 @@ class Item:
     key: str
 
 
+@dataclass(frozen=True)
+class Fault:
+    """Injected trouble for one version (settings fault_*): a canary to rehearse rollbacks with."""
+
+    version: str | None = None
+    error_rate: float = 0.0
+    latency_ms: float = 0.0
+
+    def apply(self, version: str) -> None:
+        """Sleep and/or raise as configured, for `version` only; a no-op for every other version."""
+        if self.version is None or version != self.version:
+            return
+        if self.latency_ms:
+            time.sleep(self.latency_ms / 1000.0)
+        if self.error_rate and random.random() < self.error_rate:
+            raise RuntimeError(f"injected fault for v{version} (TUNELOOP_SERVE_FAULT_ERROR_RATE)")
+
+
+NO_FAULT = Fault()
+
+
 class Observer(Protocol):
     """Where scoring reports what it did (Prometheus in the service, a list in tests)."""
 
@@ -41,9 +63,10 @@ class Observer(Protocol):
     def shadow(self, version: str, agreed: bool) -> None: ...
 
 
-def _run(model: LoadedModel, texts: list[str], observer: Observer) -> np.ndarray:
+def _run(model: LoadedModel, texts: list[str], observer: Observer, fault: Fault = NO_FAULT) -> np.ndarray:
     start = time.perf_counter()
     try:
+        fault.apply(model.version)  # inside the timing and the error count, as a real fault would be
         probs = model.predictor.predict_proba(texts)
     except Exception:
         observer.error(model.version)
@@ -66,6 +89,7 @@ def score_items(
     observer: Observer,
     top_k: int,
     shadow_share: float,
+    fault: Fault = NO_FAULT,
 ) -> list[dict[str, Any]]:
     """One prediction per item, in order, each naming the version that answered."""
     champion = bundle.champion
@@ -78,7 +102,7 @@ def score_items(
     canary = bundle.canary
     if canary is not None and canary_idx:
         try:
-            probs = _run(canary, [items[i].text for i in canary_idx], observer)
+            probs = _run(canary, [items[i].text for i in canary_idx], observer, fault)
             breaker.record(True)
             for i, p in zip(canary_idx, probs, strict=True):
                 out[i] = _prediction(canary, p, top_k)
@@ -90,7 +114,7 @@ def score_items(
     champion_idx = [i for i, r in enumerate(routes) if r == CHAMPION]
     needed = champion_idx + shadow_idx
     if needed:
-        probs = _run(champion, [items[i].text for i in needed], observer)
+        probs = _run(champion, [items[i].text for i in needed], observer, fault)
         for i, p in zip(needed[: len(champion_idx)], probs, strict=False):
             out[i] = _prediction(champion, p, top_k)
         for i, p in zip(shadow_idx, probs[len(champion_idx) :], strict=True):

@@ -29,7 +29,7 @@ from tuneloop.serve.follower import Follower
 from tuneloop.serve.limits import Limits, classify_problem, feedback_problem
 from tuneloop.serve.metrics import PrometheusObserver
 from tuneloop.serve.routing import item_key
-from tuneloop.serve.scoring import Item, NotReady, score_items
+from tuneloop.serve.scoring import Fault, Item, NotReady, score_items
 from tuneloop.serve.settings import load_serve_settings
 from tuneloop.serve.tokens import (
     BadRequestId,
@@ -93,6 +93,7 @@ class TuneloopService:
         self.limits = Limits(self.serve.max_texts, self.serve.max_chars, self.serve.max_key_chars)
         self.breaker = CircuitBreaker(self.serve.breaker_failures, self.serve.breaker_cooldown_s)
         self.observer = PrometheusObserver()
+        self.fault = Fault(self.serve.fault_version, self.serve.fault_error_rate, self.serve.fault_latency_ms)
         self.batcher = ItemBatcher(self._score, self.serve.max_batch_size, self.serve.max_latency_ms)
         self.follower.start()
 
@@ -107,6 +108,7 @@ class TuneloopService:
             observer=self.observer,
             top_k=self.serve.top_k,
             shadow_share=self.serve.shadow_share,
+            fault=self.fault,
         )
 
     @bentoml.api(route="/classify")

@@ -52,6 +52,15 @@ class ServeSettings(BaseSettings):
     breaker_failures: int = Field(5, ge=1, description="Canary errors in a row that open the breaker.")
     breaker_cooldown_s: float = Field(30.0, gt=0, description="Seconds the breaker stays open.")
     cache_dir: Path | None = Field(None, description="Scratch for downloads; default <home>/serve.")
+    # The fault switch: rehearse a rollback (tests, `make demo`) with a canary that fails or is slow
+    # on purpose. Applies to the one version named and only to its model calls; off by default.
+    fault_version: str | None = Field(
+        None, description="Version whose model calls get the faults below (testing rollbacks)."
+    )
+    fault_error_rate: float = Field(
+        0.0, ge=0, le=1, description="Share of that version's model calls that raise."
+    )
+    fault_latency_ms: float = Field(0.0, ge=0, description="Delay added to each of that version's calls.")
     runtime: str = Field(
         "tuneloop.steps.serve:build_runtime",
         description="module:function that builds the registry source (the composition root).",
