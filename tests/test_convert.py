@@ -492,7 +492,7 @@ def test_conversion_times_every_candidate_and_publishes_the_chosen_one_without_c
     settings = ConversionSettings(threads=1, timing_threads=(1,), timing_calls=3)
     result = convert_model(classifier_dir, tmp_path, calibration, eval_sets, None, settings)
     figures = {c.name: c for c in result.int8_candidates}
-    assert set(figures) == {"static", "static_lean", "dynamic"}
+    assert set(figures) == {"static", "static_merged", "static_lean", "dynamic"}
     for c in figures.values():
         assert set(c.p50_ms) == {"short_t1", "long_t1"} and c.nodes > 0 and c.bytes > 0
         assert set(c.agreement) == {"eval", "golden"}

@@ -4,11 +4,12 @@ Layout of `out_dir` (everything a server needs, nothing it should not trust):
 
     model.onnx            fp32 export (dynamic batch and sequence)
     model.opt.onnx        fused fp32 (served fp32)            when settings.optimize
-    model.int8.onnx       INT8 (static Q/DQ, or dynamic when no calibration texts are given)
+    model.int8.onnx       INT8: the fastest candidate in parity (variants.py; absent when none passed)
+    candidates/           the other INT8 candidates, only with settings.keep_candidates (benchmarks)
     model.int8.trt.onnx   symmetric Q/DQ for TensorRT        only when TensorRT is available
     model.*.plan(.json)   TensorRT engine and its cache key  only when built and in parity
     engines/              TensorRT plan cache (tensorrt.py), kept across conversions, not an artifact
-    calibration.json      which texts calibrated the INT8 model (count, seed, sha256, the texts)
+    calibration.json      which texts calibrated the INT8 model: seed, count, a sha256 per text
     config.json, tokenizer files   copied from the input, so the folder loads on its own
     conversion.json       written last: input and settings hashes, artifacts with sha256, parity
 

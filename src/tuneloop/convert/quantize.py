@@ -31,6 +31,12 @@ has the tables). Figures are INT8-vs-fp32 argmax agreement on BANKING77 test tex
    training runs of the same model. INT8 p50 at batch 1 / 128 tokens, 1 thread: 13.3 ms for
    steps 1-3, 16.0 ms with 4-7 (ONNX fp32 30 ms, PyTorch 44 ms).
 
+Recipes (`RECIPES`, each an INT8 candidate that variants.py builds, judges and times):
+`static` is steps 1-7; `static_merged` also merges Q, K and V into one MatMul per layer
+(graph_merge.py), so steps 4 and 6 run once per layer input instead of once per MatMul;
+`static_lean` is merged and scales per token only the LayerNorm outputs (the inputs of Q/K/V and of
+the FFN), leaving the attention-context and GELU inputs one static scale each.
+
 Presets (ONNX Runtime 1.32's `quantize_static` docstring, "Choosing parameters for CPU inference"):
 
 * `cpu` - uint8 activations (asymmetric), int8 weights per channel, full 8 bits. On x86 without
