@@ -21,6 +21,7 @@ E2E_MODULES = {
     "test_serve_server.py": "the BentoML service as a `bentoml serve` subprocess following a registry",
     "test_serve_hardening.py": "bad requests and bearer auth against `bentoml serve` subprocesses",
     "test_serve_schema.py": "schemathesis against the OpenAPI document of a `bentoml serve` subprocess",
+    "test_mlflow_model_serve.py": "`mlflow models serve` on a registered version, as a subprocess",
 }
 E2E_FIXTURES = {"prefect_harness"}
 
