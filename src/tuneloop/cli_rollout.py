@@ -1,0 +1,122 @@
+"""Rollout commands of the `tuneloop` CLI: rollout, rollback, history.
+
+Each calls the same step in `tuneloop.steps.rollout` / `rollout_state` that a flow would.
+Runnable alone as `python -m tuneloop.cli_rollout` (tests start controllers that way to kill them).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from tuneloop.cli_common import JsonOpt, emit, out, run_guarded, settings_or_exit
+
+DEFAULT_METRICS = "http://127.0.0.1:3000/metrics"
+
+
+def rollout(
+    version: Annotated[str, typer.Argument(help="Approved, converted version to roll out.")],
+    metrics_url: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--metrics-url", help=f"The service's /metrics, once per replica (default {DEFAULT_METRICS})."
+        ),
+    ] = None,
+    prometheus: Annotated[
+        str | None, typer.Option(help="Read a Prometheus server instead (e.g. http://prometheus:9090).")
+    ] = None,
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for another controller's lease (0: refuse).")
+    ] = 0.0,
+    lease: Annotated[
+        float, typer.Option(help="Lease of the rollout lock, seconds (renewed every third).")
+    ] = 30.0,
+    tick: Annotated[
+        float | None, typer.Option(help="Seconds between judgements (default: step / 10).")
+    ] = None,
+    by: Annotated[str | None, typer.Option("--by", help="Who (default: $TUNELOOP_USER or $USER).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Canary a version through the policy's steps; promote it, or roll it back on the first failed check.
+
+    Each step sets the registered-model tag canary_weight; the service follows it. Run again after
+    a crash to resume (use --wait longer than --lease if the dead controller's lease still holds).
+    """
+    from tuneloop.rollout.sources import EndpointSource, MetricsSource, PrometheusSource
+    from tuneloop.steps.rollout import rollout_step
+
+    settings = settings_or_exit()
+    token = os.environ.get("TUNELOOP_API_TOKEN")
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    source: MetricsSource = (
+        PrometheusSource(prometheus)
+        if prometheus
+        else EndpointSource(metrics_url or [DEFAULT_METRICS], headers=headers)
+    )
+    result = run_guarded(
+        lambda: rollout_step(
+            settings,
+            version,
+            source,
+            by=by,
+            wait_s=wait,
+            lease_s=lease,
+            tick_s=tick,
+            echo=None if as_json else out.print,
+        )
+    )
+    emit(result, as_json, lambda r: out.print(f"v{r['version']}: {r['outcome']} (champion v{r['champion']})"))
+    if result["outcome"] == "rolled_back":
+        raise typer.Exit(1)
+
+
+def rollback(
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded on the version).")],
+    by: Annotated[str | None, typer.Option("--by", help="Who (default: $TUNELOOP_USER or $USER).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Back to the last known good version now: withdraw a canary, or move champion to previous."""
+    from tuneloop.steps.rollout_state import rollback_step
+
+    settings = settings_or_exit()
+    result = run_guarded(lambda: rollback_step(settings, reason=reason, by=by))
+    emit(result, as_json, lambda r: out.print(f"{r['action']}: champion v{r['champion']}"))
+
+
+def history(
+    limit: Annotated[int, typer.Option(help="Most records to show, newest first.")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """Audit records: alias moves (who, when, why, from -> to, figures), approvals, rollouts."""
+    from tuneloop.steps.rollout_state import history_step
+
+    settings = settings_or_exit()
+    result = run_guarded(lambda: history_step(settings, limit=limit))
+    emit(result, as_json, _render_history)
+
+
+def _render_history(r: dict[str, Any]) -> None:
+    table = Table("when (UTC)", "version", "event", "by", "from -> to", "why")
+    for rec in r["records"]:
+        move = f"{rec.get('from') or '-'} -> {rec.get('to') or '-'}" if "to" in rec or "from" in rec else ""
+        if "weight" in rec:
+            move += f" @ {rec['weight']:.0%}"
+        table.add_row(
+            rec["at"], rec["version"], rec["event"], str(rec.get("by", "")), move, str(rec.get("reason", ""))
+        )
+    out.print(table)
+    out.print("aliases: " + ", ".join(f"{a}=v{v}" for a, v in sorted(r["aliases"].items())))
+    if r["rollout"]:
+        out.print(f"rollout in flight: v{r['rollout']['version']} at step {r['rollout']['step'] + 1}")
+
+
+COMMANDS = [rollout, rollback, history]
+
+if __name__ == "__main__":
+    app = typer.Typer(add_completion=False)
+    for command in COMMANDS:
+        app.command()(command)  # type: ignore[type-var]
+    app()
