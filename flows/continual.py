@@ -31,7 +31,7 @@ from tuneloop.steps.round_data import NothingNewError
 from tuneloop.steps.trigger_signals import decide_step
 
 # Where the watch and the drift check read /metrics; `tuneloop serve` listens on 127.0.0.1:3000.
-SERVICE_URL = os.environ.get("TUNELOOP_SERVICE_URL", "http://127.0.0.1:3000")
+SERVICE_URL = os.environ.get("TUNELOOP_SERVICE_URL", steps.DEFAULT_SERVICE_URL)
 
 
 def _worth_retrying(_task: Any, _run: Any, state: Any) -> bool:
@@ -76,19 +76,19 @@ def convert_task(version: str) -> dict[str, Any]:
 # retry after a crash resumes the same rollout; a refusal (not approved, another rollout running)
 # is refused again at once.
 @task(name="roll-out", retries=1, retry_delay_seconds=30)
-def rollout_task(version: str) -> dict[str, Any]:
-    return steps.roll_out(load_settings(), version)
+def rollout_task(version: str, service_url: str | None) -> dict[str, Any]:
+    return steps.roll_out(load_settings(), version, service_url, get_run_logger().info)
 
 
-def _release(version: str, out: dict[str, Any]) -> dict[str, Any]:
+def _release(version: str, out: dict[str, Any], service_url: str | None) -> dict[str, Any]:
     log = get_run_logger()
     out["convert"] = convert_task(version)
     if not out["convert"]["parity"]["passed"]:
         log.info(f"v{version} failed conversion parity: {out['convert']['parity']['reasons']}")
         return {**out, "version": version, "outcome": "conversion_failed"}
-    out["rollout"] = rollout_task(version)
-    log.info(f"v{version} rolled out: {out['rollout']}")
-    return {**out, "version": version, "outcome": "rolled_out"}
+    out["rollout"] = rollout_task(version, service_url)
+    log.info(f"v{version} rollout: {out['rollout']['outcome']}")
+    return {**out, "version": version, "outcome": out["rollout"]["outcome"]}
 
 
 @flow(name="continual", log_prints=True)
@@ -103,7 +103,8 @@ def continual_flow(
     service_url: str | None = SERVICE_URL,
 ) -> dict[str, Any]:
     """One round of the loop; returns each stage's result and `outcome` (started: false, nothing_new,
-    refused, dry_run, awaiting_approval, conversion_failed, rolled_out)."""
+    refused, dry_run, awaiting_approval, conversion_failed, or the rollout's: promoted,
+    rolled_back, aborted, already_champion)."""
     log = get_run_logger()
     settings = load_settings()
     steps.check_run_options(load_policy(settings.policy_path), dry_run, skip_approval)
@@ -116,7 +117,7 @@ def continual_flow(
         pending = None if dry_run else candidate_task()
         if pending is None:
             return {**out, "outcome": "not_started"}
-        return _release(pending, out)
+        return _release(pending, out, service_url)
     if snapshot is None and not dry_run:
         out["ingest"] = ingest_task()
         log.info(out["ingest"]["message"])
@@ -127,7 +128,7 @@ def continual_flow(
         pending = None if dry_run else candidate_task()
         if pending is None:
             return {**out, "outcome": "nothing_new", "reason": str(exc)}
-        return _release(pending, out)
+        return _release(pending, out, service_url)
     out["train"], version = trained, trained["version"]
     if not trained["gate"]["passed"]:
         log.info(f"v{version} refused by the gates: {trained['gate']['reasons']}")
@@ -138,7 +139,7 @@ def continual_flow(
     if not out["approval"]["approved"]:
         log.info(f"v{version} not approved: {out['approval']['reasons']}")
         return {**out, "version": version, "outcome": "awaiting_approval"}
-    return _release(version, out)
+    return _release(version, out, service_url)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,15 @@ BANKING77_DIR = REPO_ROOT.parent / "shared" / "data" / "banking77"
 # (file name) or on a fixture that starts a server; tests/test_markers.py checks both select tests.
 E2E_MODULES = {
     "test_flows.py": "Prefect flows under prefect_test_harness, which starts a Prefect API server",
+    "test_continual_flow.py": "the continual flow on the tiny model under prefect_test_harness",
+    "test_deploy_server.py": "schedules and event triggers against a real `prefect server start`",
     "test_server_path.py": "MLflow on PostgreSQL, directly and behind an `mlflow server` process",
     "test_real_model.py": "ingest, two training rounds, promotion and conversion on the real MiniLM",
     "test_serve_server.py": "the BentoML service as a `bentoml serve` subprocess following a registry",
     "test_serve_hardening.py": "bad requests and bearer auth against `bentoml serve` subprocesses",
     "test_serve_schema.py": "schemathesis against the OpenAPI document of a `bentoml serve` subprocess",
+    "test_ui_approval.py": "approval in the MLflow UI of an `mlflow server`, in a real chromium browser",
+    "test_rollout_server.py": "canary rollouts, rollbacks and a killed controller against `bentoml serve`",
     "test_mlflow_model_serve.py": "`mlflow models serve` on a registered version, as a subprocess",
 }
 E2E_FIXTURES = {"prefect_harness"}

@@ -7,7 +7,7 @@ every piece is idempotent by key, so it skips what is done instead of redoing it
 - ingest knows files by content hash (a second ingest of the same files cuts no snapshot);
 - train finds the version registered for the round's key (snapshots, parent adapter, config, gates);
 - convert returns the recorded result for the same conversion key;
-- promotion completes a recorded intent; R1's rollout controller keeps its state in the registry.
+- promotion completes a recorded intent; the rollout controller resumes from its registry state.
 
 Parameters an operator sets:
 - `snapshot`: train up to this existing snapshot; the landing folder is then not ingested.
@@ -22,7 +22,7 @@ Parameters an operator sets:
 
 from __future__ import annotations
 
-import importlib
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +39,7 @@ from tuneloop.steps.release import approval_problems, promote_step
 # picks the approval up: its train step reuses the registered version, so nothing is retrained.
 APPROVAL_WAIT_S = 900.0
 APPROVAL_POLL_S = 30.0
+DEFAULT_SERVICE_URL = "http://127.0.0.1:3000"  # where `tuneloop serve` listens by default
 
 
 class ApprovalSkipRefused(ValueError):
@@ -107,20 +108,28 @@ def approved_candidate(settings: Settings, registry: Registry | None = None) -> 
     return None
 
 
-def promote_until_rollout_lands(settings: Settings, version: str) -> dict[str, Any]:
-    """Stand-in while the canary controller (steps/rollout.py) is not in the tree: promote at once."""
-    result = promote_step(settings, version, reason="continual round: gates, approval and conversion passed")
-    return {**result, "rollout": "promoted directly (no canary controller in this build)"}
+def promote_first_champion(settings: Settings, version: str) -> dict[str, Any]:
+    """The first version has no champion to run a canary against: it is promoted directly."""
+    result = promote_step(settings, version, reason="first champion: gates, approval and conversion passed")
+    return {**result, "outcome": "promoted", "rollout": "first champion: no canary (nothing to compare with)"}
 
 
-def roll_out(settings: Settings, version: str) -> dict[str, Any]:
-    """The canary rollout of `version` (R1's `rollout_step`), or a direct promotion until it lands."""
-    try:
-        module = importlib.import_module("tuneloop.steps.rollout")
-    except ModuleNotFoundError:
-        return promote_until_rollout_lands(settings, version)
-    result: dict[str, Any] = module.rollout_step(settings, version)
-    return result
+def roll_out(
+    settings: Settings, version: str, service_url: str | None = None, log: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Canary `version` through the policy's steps against the serving champion (steps/rollout.py),
+    judging the service's `/metrics` at `service_url`; the first version is promoted directly."""
+    from tuneloop.rollout.sources import EndpointSource
+    from tuneloop.steps.rollout import rollout_step
+
+    if Registry(settings).alias("champion") is None:
+        return promote_first_champion(settings, version)
+    token = os.environ.get("TUNELOOP_API_TOKEN")
+    source = EndpointSource(
+        [(service_url or DEFAULT_SERVICE_URL).rstrip("/") + "/metrics"],
+        headers={"authorization": f"Bearer {token}"} if token else {},
+    )
+    return rollout_step(settings, version, source, by="tuneloop:continual", echo=log)
 
 
 def continual_step(
@@ -129,6 +138,7 @@ def continual_step(
     dry_run: bool = False,
     skip_approval: bool = False,
     approval_wait_s: float = APPROVAL_WAIT_S,
+    service_url: str | None = None,
     log: Callable[[str], None] = lambda _msg: None,
     **train_overrides: Any,
 ) -> dict[str, Any]:
@@ -156,7 +166,7 @@ def continual_step(
         if pending is None:
             return {**out, "outcome": "nothing_new", "reason": str(exc)}
         log(f"nothing new to train; v{pending} was approved meanwhile: releasing it")
-        return {**out, **release_step(settings, pending)}
+        return {**out, **release_step(settings, pending, service_url, log)}
     out["train"] = round_
     version = round_["version"]
     log(f"v{version}: gate {'passed' if round_['gate']['passed'] else 'refused'}")
@@ -172,14 +182,23 @@ def continual_step(
     out["approval"] = wait_for_approval(settings, version, 0.0 if skip_approval else approval_wait_s)
     if not out["approval"]["approved"]:
         return {**out, "version": version, "outcome": "awaiting_approval"}
-    return {**out, **release_step(settings, version)}
+    return {**out, **release_step(settings, version, service_url, log)}
 
 
-def release_step(settings: Settings, version: str) -> dict[str, Any]:
+def release_step(
+    settings: Settings,
+    version: str,
+    service_url: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Convert an approved version (parity gated) and roll it out."""
     from tuneloop.steps.convert import convert_step
 
     out: dict[str, Any] = {"version": version, "convert": convert_step(settings, version)}
     if not out["convert"]["parity"]["passed"]:
         return {**out, "outcome": "conversion_failed"}
-    return {**out, "rollout": roll_out(settings, version), "outcome": "rolled_out"}
+    return {
+        **out,
+        "rollout": (rolled := roll_out(settings, version, service_url, log)),
+        "outcome": rolled["outcome"],
+    }

@@ -47,9 +47,14 @@ def trained_label_mix(settings: Settings, champion: VersionInfo) -> dict[str, fl
 
 
 def fetch_metrics(service_url: str, timeout_s: float = METRICS_TIMEOUT_S) -> str:
+    import os
     import urllib.request
 
-    with urllib.request.urlopen(service_url.rstrip("/") + "/metrics", timeout=timeout_s) as resp:
+    token = os.environ.get("TUNELOOP_API_TOKEN")  # the service's bearer token, when it requires one
+    request = urllib.request.Request(
+        service_url.rstrip("/") + "/metrics", headers={"authorization": f"Bearer {token}"} if token else {}
+    )
+    with urllib.request.urlopen(request, timeout=timeout_s) as resp:
         return str(resp.read().decode("utf-8"))
 
 
