@@ -59,7 +59,7 @@ def test_ready_and_waiting(info: VersionInfo, champion: str | None, ready: bool,
     assert bool(found) == waiting
     if found:
         assert found[0].command == f"tuneloop approve {info.version} --by NAME"
-        assert "Models > tuneloop-intent > Version 3 > Tags" in found[0].ui
+        assert "Model registry > tuneloop-intent > Version 3 > Tags" in found[0].ui
         assert found[0].approvers == ["alice"]
 
 
@@ -124,7 +124,7 @@ def test_status_shows_the_waiting_version_and_both_ways_to_approve(world) -> Non
     assert result.exit_code == 0, result.output
     assert f"WAITING FOR APPROVAL: v{version} (conversion: passed)" in result.output
     assert "WAITING FOR APPROVAL: v2" not in result.output  # failed its gates: nobody is asked
-    assert f"Models > tuneloop-intent > Version {version} > Tags: add approval=approved" in result.output
+    assert f"Model registry > tuneloop-intent > Version {version} > Tags: edit approval" in result.output
     assert f"tuneloop approve {version} --by NAME (approvers: alice)" in result.output
 
     as_json = json.loads(CliRunner().invoke(app, ["status", "--json"]).output)

@@ -177,10 +177,12 @@ class Registry:
         try:
             self.client.create_registered_model(
                 self.model_name,
+                # The UI renders this as Markdown: a bare <your name> would vanish as an HTML tag.
                 description="tuneloop intent classifier. Aliases: champion (serving), canary, "
-                "challenger (passed gates), previous. Approve a version with the tags "
-                "approval=approved and approval_by=<your name> (or run `tuneloop approve VERSION "
-                "--by NAME`).",
+                "challenger (passed gates), previous. A version tagged `approval: pending` waits for "
+                "a person: open it (Versions > Version N), in Tags edit `approval` to `approved` and "
+                "add the tag `approval_by` with your name, or run `tuneloop approve VERSION --by "
+                "NAME`. `tuneloop status` lists the versions waiting.",
             )
         except MlflowException as exc:
             if str(exc.error_code) != "RESOURCE_ALREADY_EXISTS":  # else another process made it

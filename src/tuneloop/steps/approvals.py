@@ -41,8 +41,8 @@ class Waiting:
 def approve_in_ui(model_name: str, version: str) -> str:
     """The clicks that approve `version` in the MLflow UI (registry/README.md shows them too)."""
     return (
-        f"MLflow UI > Models > {model_name} > Version {version} > Tags: add approval=approved "
-        "and approval_by=<your name> (edit the existing approval tag), then Save"
+        f"MLflow UI > Model training > Model registry > {model_name} > Version {version} > Tags: "
+        "edit approval to approved (pencil, Save), add approval_by=<your name> (Add)"
     )
 
 
