@@ -1,5 +1,9 @@
 """Flow `ingest`: pick up new labelled files, validate, quarantine, de-duplicate, cut a snapshot.
 
+Cutting a snapshot emits the Prefect event `tuneloop.data.landed` (resource
+`tuneloop.snapshot.<id>`, payload: snapshot, rows accepted), which the `continual` deployment's
+trigger answers (flows/deploy.py); whether that is enough rows is decided there, in our code.
+
 Safe to retry and to schedule often: ingest is idempotent (files are recognised by content hash),
 a killed run leaves no partial snapshot, files still being written wait for a later run, and a
 snapshot whose MLflow lineage failed to log is logged by the task's retry or the next run.
@@ -11,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.events import emit_event
 
 from tuneloop.config import load_settings
 from tuneloop.steps.ingest import ingest_step
@@ -26,6 +31,12 @@ def ingest_flow(paths: list[str] | None = None) -> dict[str, Any]:
     """Ingest the given files or folders, or the landing folder when none are given."""
     result = ingest_files(paths or [])
     get_run_logger().info(result["message"])
+    if result["snapshot"]:
+        emit_event(
+            event="tuneloop.data.landed",
+            resource={"prefect.resource.id": f"tuneloop.snapshot.{result['snapshot']}"},
+            payload={"snapshot": result["snapshot"], "rows": result["accepted"]},
+        )
     return result
 
 

@@ -1,0 +1,44 @@
+"""Flow `watch`: read the service's metrics and say so when the champion sees drift.
+
+Runs on a schedule (every 10 minutes, flows/deploy.py). It decides with the same pure function the
+`continual` flow uses (steps/triggers.py), so cooldown and daily cap hold here too, and emits
+`tuneloop.drift.detected` only for a drift reason (low mean confidence, label mix moved); new rows
+are the `tuneloop.data.landed` event's business. The deployment trigger on that event runs
+`continual` with `trigger=drift`, which decides again (the numbers may have moved meanwhile).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.events import emit_event
+
+from flows.continual import SERVICE_URL
+from flows.deploy import DRIFT_DETECTED
+from tuneloop.config import load_settings
+from tuneloop.steps.trigger_signals import decide_step
+
+
+@task(name="read-drift", retries=2, retry_delay_seconds=10)
+def read_drift_task(service_url: str) -> dict[str, Any]:
+    return decide_step(load_settings(), "drift", service_url)
+
+
+@flow(name="watch", log_prints=True)
+def watch_flow(service_url: str = SERVICE_URL) -> dict[str, Any]:
+    """Judge drift on the serving champion; emit `tuneloop.drift.detected` when a round should start."""
+    decision = read_drift_task(service_url)
+    drift = [r for r in decision["reasons"] if r.startswith("drift:")]
+    get_run_logger().info(f"watch: {decision['reasons']}")
+    if decision["start"] and drift:
+        emit_event(
+            event=DRIFT_DETECTED,
+            resource={"prefect.resource.id": "tuneloop.service", "tuneloop.service_url": service_url},
+            payload={"reasons": drift, "signals": decision["signals"]},
+        )
+    return {**decision, "emitted": bool(decision["start"] and drift)}
+
+
+if __name__ == "__main__":
+    watch_flow()
