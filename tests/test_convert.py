@@ -422,7 +422,7 @@ def test_real_minilm_converts_fused_small_and_in_parity(tmp_path):
         texts,
         {"eval": (texts[:32], [labels[i % 5] for i in range(32)])},
         None,
-        ConversionSettings(calibration_count=48, threads=2),
+        ConversionSettings(calibration_count=48, threads=2, int8_candidates=("static",), timing_calls=2),
     )
     assert result.fusions["Attention"] == 6 and result.fusions["EmbedLayerNormalization"] == 1
     assert result.fusions["SkipLayerNormalization"] == 12
