@@ -14,7 +14,10 @@ import pandas as pd
 import pytest
 
 from tuneloop.config import PROJECT_ROOT, load_settings
+from tuneloop.data.snapshot import load_split
+from tuneloop.evaluate.metrics import score
 from tuneloop.steps.convert import convert_step
+from tuneloop.steps.evaluate import evaluate_step
 from tuneloop.steps.ingest import ingest_step
 from tuneloop.steps.release import approve_step, promote_step
 from tuneloop.steps.round import train_step
@@ -69,6 +72,16 @@ def test_minilm_learns_banking77_then_new_intents_without_forgetting(banking_dro
         conversion["artifacts"]["model.int8.onnx"]["bytes"]
         <= 0.3 * conversion["artifacts"]["model.onnx"]["bytes"]
     )
+    # The champion through MLflow's own loader (INT8 now) labels the eval split as `tuneloop evaluate` does.
+    eval_rows = load_split(settings.snapshots_dir, round1["data_snapshot"], "eval")
+    eval_rows.rename(columns={"label": "category"}).to_csv(tmp_path / "eval.csv", index=False)
+    model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@champion")
+    assert model.unwrap_python_model().backend == "onnx-int8"
+    report = evaluate_step(settings, round1["version"], tmp_path / "eval.csv")
+    pyfunc = score(
+        eval_rows["label"].tolist(), model.predict(eval_rows[["text"]])["label"].tolist(), report["labels"]
+    )
+    assert pyfunc.confusion == report["confusion"]
 
     ingest_step(settings, [second])
     round2 = train_step(settings, progress=False)
