@@ -1,0 +1,160 @@
+"""Schedules and event triggers against a real `prefect server start` on 127.0.0.1.
+
+Prefect's ephemeral server (the test harness) runs no scheduler, so this starts a real one (SQLite in
+a temporary PREFECT_HOME, a free port) and serves a stand-in `continual` flow with the deployment
+options of flows/deploy.py (its triggers, parameters and concurrency limit) and a 5 s interval in
+place of the nightly cron. It then proves, within 120 s, that the schedule fires a run
+(trigger=schedule) and that emitting `tuneloop.data.landed` starts one (trigger=data).
+The event path is checked first: it does not go through the scheduler's bulk insert.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BUDGET_S = 120.0
+# What Prefect 3.8.8's scheduler logs when SQLAlchemy 2.1's ORM bulk insert refuses its statement.
+SQLALCHEMY_21_BUG = "Can't evaluate bulk DML statement"
+
+STAND_IN = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {repo!r})
+    from prefect import flow, serve
+    from flows.deploy import continual_options
+
+    @flow(name="continual")
+    def continual_flow(trigger: str = "manual") -> str:
+        return trigger
+
+    if __name__ == "__main__":  # the runner imports this file again to run the flow
+        serve(continual_flow.to_deployment(name="loop", interval=5, **continual_options()))
+    """
+)
+EMIT = (
+    "from prefect.events import emit_event; "
+    "emit_event('tuneloop.data.landed', resource={'prefect.resource.id': 'tuneloop.snapshot.snap-0001'}, "
+    "payload={'snapshot': 'snap-0001', 'rows': 300})"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(what: str, check, deadline: float, every: float = 1.0):
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}",
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        # Defaults are 60 s between scheduler loops and 10 s between runner polls: too slow for a
+        # bounded test, and neither changes what is being proven.
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+    }
+    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield env, time.monotonic() + BUDGET_S
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def _runs(api: str) -> list[dict]:
+    response = httpx.post(f"{api}/flow_runs/filter", json={"limit": 50}, timeout=10)
+    response.raise_for_status()
+    return list(response.json())
+
+
+def test_schedule_fires_and_data_landed_event_triggers_continual(prefect_server, tmp_path):
+    env, deadline = prefect_server
+    api = env["PREFECT_API_URL"]
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{api}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    _wait("the Prefect server", healthy, deadline)
+    script = tmp_path / "serve_stand_in.py"
+    script.write_text(STAND_IN.format(repo=str(REPO)))
+    runner_log = open(tmp_path / "runner.log", "wb")  # noqa: SIM115 - closed below
+    runner = subprocess.Popen(
+        [sys.executable, str(script)], env=env, cwd=tmp_path, stdout=runner_log, stderr=subprocess.STDOUT
+    )
+    try:
+
+        def automation() -> bool:
+            found = httpx.post(f"{api}/automations/filter", json={}, timeout=10).json()
+            return any("tuneloop.data.landed" in str(a.get("trigger")) for a in found)
+
+        _wait("the deployment's triggers", automation, deadline)
+
+        def completed(trigger: str):
+            return [
+                r
+                for r in _runs(api)
+                if r["parameters"].get("trigger") == trigger and r["state_type"] == "COMPLETED"
+            ]
+
+        subprocess.run([sys.executable, "-c", EMIT], env=env, check=True, timeout=60)
+        triggered = _wait("a run triggered by tuneloop.data.landed", lambda: completed("data"), deadline)
+        assert triggered[0]["deployment_id"]
+
+        server_log = tmp_path / "server.log"
+
+        def scheduled_run():
+            if SQLALCHEMY_21_BUG in server_log.read_text(errors="replace"):
+                pytest.xfail(
+                    "Prefect 3.8.8's scheduler cannot insert scheduled runs under SQLAlchemy 2.1 "
+                    f"({SQLALCHEMY_21_BUG!r} in the server log); pin sqlalchemy 2.0.x in requirements.lock"
+                )
+            return completed("schedule")
+
+        scheduled = _wait("a scheduled run to complete", scheduled_run, deadline)
+        assert scheduled[0]["deployment_id"] == triggered[0]["deployment_id"]
+    finally:
+        runner.terminate()
+        try:
+            runner.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            runner.kill()
+        runner_log.close()
