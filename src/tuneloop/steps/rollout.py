@@ -174,6 +174,8 @@ def _run(
             _log(registry, state.run_id, verdict, looks)
             if verdict.action != "hold":
                 break
+            if looks % 10 == 1:  # the first hold of a step, then every tenth: progress, not noise
+                say("    hold: " + "; ".join(verdict.reasons))
         say(f"    {verdict.action}: " + "; ".join(verdict.reasons))
         if verdict.action == "rollback":
             return _rollback(registry, state, "; ".join(verdict.reasons), verdict.figures, by)
