@@ -197,16 +197,20 @@ def test_after_convert_the_champion_loads_int8_and_predicts_what_evaluate_does(c
     assert {a.path for a in mlflow.artifacts.list_artifacts(artifact_uri=source)} == before
 
 
-def test_a_failed_conversion_loads_pytorch_and_says_why(converted) -> None:
+def test_each_version_of_one_folder_loads_by_its_own_tags(converted) -> None:
     settings, version, _ = converted
     registry = Registry(settings)
-    registry.set_tags(version, {"conversion": "failed"})
-    try:
-        model = mlflow.pyfunc.load_model(_uri(settings)).unwrap_python_model()
-    finally:
-        registry.set_tags(version, {"conversion": "passed"})
-    assert model.backend == "torch"
-    assert "conversion is failed" in " ".join(model.loaded.notes)
+    info = registry.get_version(version)
+    # The same folder registered again, with a failed conversion: `models:/` names which version loads.
+    other = registry.client.create_model_version(
+        settings.model_name, info.source, info.run_id, tags={**info.tags, "conversion": "failed"}
+    ).version
+    failed = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{other}").unwrap_python_model()
+    assert failed.backend == "torch" and failed.loaded.version == str(other)
+    assert "conversion is failed" in " ".join(failed.loaded.notes)
+    assert mlflow.pyfunc.load_model(
+        f"models:/{settings.model_name}/{version}"
+    ).unwrap_python_model().backend == ("onnx-int8")
 
 
 def test_a_tampered_int8_graph_is_refused_at_load(converted) -> None:

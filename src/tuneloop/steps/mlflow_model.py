@@ -162,10 +162,23 @@ def folder_problems(model_dir: Path, tags: Mapping[str, str]) -> list[str]:
     return checksum_problems(actual, recorded, tags, expected_under="")
 
 
-def find_version(client: Any, model_name: str, run_id: str) -> tuple[str, dict[str, str]]:
-    """(version, tags) of the version registered from `run_id` (a round registers exactly one)."""
-    import mlflow
+def find_version(client: Any, model_dir: Path, model_name: str, run_id: str) -> tuple[str, dict[str, str]]:
+    """(version, tags) of the version this folder was loaded as.
 
+    Loaded through `models:/`, MLflow names the version in `registered_model_meta`; it must come from
+    this folder's run. Otherwise (a `runs:/` URI, a local copy) the newest version of the run: a round
+    registers one, and a later one re-registers the same folder.
+    """
+    import mlflow
+    import yaml
+
+    meta = model_dir / "registered_model_meta"
+    if meta.is_file():
+        named = yaml.safe_load(meta.read_text()) or {}
+        if named.get("model_name") == model_name and named.get("model_version"):
+            mv = client.get_model_version(model_name, str(named["model_version"]))
+            if mv.run_id == run_id:
+                return str(mv.version), dict(mv.tags or {})
     found = client.search_model_versions(f"name='{model_name}' and run_id='{run_id}'")
     if not found:
         raise LookupError(
@@ -188,7 +201,7 @@ def load_version(model_dir: Path, config: Mapping[str, Any]) -> LoadedVersion:
 
     client = MlflowClient()  # the tracking and registry URIs MLflow's own loader used
     run_id = str(config["run_id"])
-    version, tags = find_version(client, str(config["model_name"]), run_id)
+    version, tags = find_version(client, model_dir, str(config["model_name"]), run_id)
     problems = folder_problems(model_dir, tags)
     if problems:
         raise IntegrityError(
