@@ -71,6 +71,7 @@ def pip_requirements(lock: Path = LOCK_FILE) -> list[str]:
     tuneloop itself is not listed: it is not on PyPI, and a name pip would look up there could
     install someone else's package. The model loads where tuneloop is installed (`--env-manager
     local`, the tuneloop environment).
+
     Outside a checkout (no lock beside the package) the installed versions stand in: they are what
     `make` installed from the lock.
     """
