@@ -51,6 +51,11 @@ def test_request_ids_round_trip_and_refuse_forgery_and_age() -> None:
         verify_request(SECRET, rid, 60, now=2000.0)
     with pytest.raises(BadRequestId, match="issued"):
         verify_request(SECRET, "garbage", 60)
+    # Non-ASCII in either half is a forged id (4xx), not a TypeError from compare_digest (5xx).
+    with pytest.raises(BadRequestId, match="signature"):
+        verify_request(SECRET, payload + ".sïgnature", 60, now=1010.0)
+    with pytest.raises(BadRequestId, match="signature"):
+        verify_request(SECRET, "pаyload." + sig, 60, now=1010.0)
 
 
 def test_breaker_opens_after_failures_and_half_opens_after_cooldown() -> None:

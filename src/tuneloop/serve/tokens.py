@@ -62,7 +62,8 @@ def verify_request(
     payload, sep, signature = request_id.partition(".")
     if not sep or not payload or not signature:
         raise BadRequestId("request_id is not one this service issued (expected '<payload>.<signature>')")
-    if not hmac.compare_digest(signature, _sign(secret, payload)):
+    # Bytes, not str: compare_digest refuses a non-ASCII str with TypeError (a 500 for a typo).
+    if not hmac.compare_digest(signature.encode(), _sign(secret, payload).encode()):
         raise BadRequestId("request_id has a signature this service did not make: it was altered or forged")
     try:
         body = json.loads(_unb64(payload))
