@@ -26,6 +26,7 @@ E2E_MODULES = {
     "test_ui_approval.py": "approval in the MLflow UI of an `mlflow server`, in a real chromium browser",
     "test_rollout_server.py": "canary rollouts, rollbacks and a killed controller against `bentoml serve`",
     "test_mlflow_model_serve.py": "`mlflow models serve` on a registered version, as a subprocess",
+    "test_demo_story.py": "`tuneloop demo`'s path on the tiny model with `tuneloop serve` and canaries",
 }
 E2E_FIXTURES = {"prefect_harness"}
 

@@ -170,11 +170,22 @@ def _render_convert(r: dict[str, Any]) -> None:
 
 
 def demo(as_json: JsonOpt = False) -> None:
-    """Run the whole loop end to end on the bundled data and embedded defaults."""
+    """Run the whole loop on the bundled data and embedded defaults, with the service running.
+
+    Starts `tuneloop serve` on 127.0.0.1 (a free port; stopped at the end), trains three drops: the
+    first version becomes champion, later ones go through the canary steps of
+    registry/policy.demo.yaml under synthetic traffic. Then a copy of the champion is rolled out
+    with the service's fault switch on it (TUNELOOP_SERVE_FAULT_VERSION, _ERROR_RATE=0.5) and rolled
+    back. Ends with a table of versions, metrics and outcomes (--json: one JSON object, `rounds`).
+    """
     from tuneloop.demo import run_demo
 
     settings = settings_or_exit()
-    result = run_guarded(lambda: run_demo(settings, echo=None if as_json else out.print))
+
+    def show(line: str) -> None:  # the demo wraps its own lines at 80 columns; no markup
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    result = run_guarded(lambda: run_demo(settings, echo=None if as_json else show))
     emit(result, as_json, lambda r: None)
 
 

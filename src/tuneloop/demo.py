@@ -1,96 +1,277 @@
-"""`tuneloop demo`: the whole loop on the bundled data, on embedded defaults.
+"""`tuneloop demo`: the whole loop on the bundled data, on embedded defaults, with the service running.
 
-Writes the bundled support-intent data into the landing folder in three drops (base, drift-1,
-drift-2) and runs each stage that exists over them, printing what it did. State stays in
-TUNELOOP_HOME, so `tuneloop status` and the MLflow UI (`mlflow ui --backend-store-uri
-sqlite:///.tuneloop/mlflow.db`) show the result afterwards.
+1. `tuneloop serve` starts on 127.0.0.1 (demo_service.py).
+2. Three drops of the bundled support-intent data land one after another (base, drift-1 with two
+   messy files, drift-2); each is ingested and trained from the champion, gated and converted.
+   The first version is promoted directly (nothing to compare with) and the service starts
+   answering; every later one that passes goes through the canary steps of the demo policy under
+   synthetic traffic with feedback, and `rollout_step` promotes it or rolls it back.
+3. A deliberately bad candidate: a copy of the champion (same run, same files) registered as a new
+   version, with the service restarted under the documented fault switch
+   TUNELOOP_SERVE_FAULT_VERSION=<that version> TUNELOOP_SERVE_FAULT_ERROR_RATE=0.5, so half its
+   model calls raise. The controller rolls it back while the champion answers every request
+   (failed requests and champion model-call errors are counted: both must be 0).
+
+State stays in TUNELOOP_HOME, so `tuneloop status`, `tuneloop history` and the MLflow UI show the
+result afterwards.
 """
 
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable
 from typing import Any
 
 from tuneloop.config import Settings, mask_uri
+from tuneloop.demo_report import figure, render_table, round_metrics, wrap
+from tuneloop.demo_service import DemoService, Traffic
+
+Echo = Callable[[str], None]
+FAULT_ERROR_RATE = "0.5"  # half the bad candidate's model calls raise: the error check trips at once
 
 
-def run_demo(settings: Settings, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+def demo_settings(settings: Settings) -> Settings:
+    """The demo policy (auto-approval, canary pacing in seconds) unless TUNELOOP_POLICY_PATH is set."""
     import os
 
     from tuneloop.config import PROJECT_ROOT
-    from tuneloop.data.bundled import write_bundled
+
+    if "TUNELOOP_POLICY_PATH" in os.environ:
+        return settings
+    return settings.model_copy(update={"policy_path": PROJECT_ROOT / "registry" / "policy.demo.yaml"})
+
+
+def run_demo(settings: Settings, echo: Echo | None = None, **train_overrides: Any) -> dict[str, Any]:
+    """Run the story; return {rounds: [{version, drop, metrics, outcome, decision}], drops, ...}.
+
+    `train_overrides` go to every train_step (tests: epochs, LoRA settings for the tiny model).
+    """
+    from tuneloop.data.bundled import BATCHES, bundled_frames, write_bundled
     from tuneloop.data.messy import write_messy
     from tuneloop.steps.ingest import ingest_step
-    from tuneloop.steps.status import status
 
-    if "TUNELOOP_POLICY_PATH" not in os.environ:
-        # The demo policy is the default policy with auto-approval and a fast canary.
-        settings = settings.model_copy(update={"policy_path": PROJECT_ROOT / "registry" / "policy.demo.yaml"})
+    settings = demo_settings(settings)
+    start = time.monotonic()
     say = echo or (lambda _msg: None)
     landing = settings.landing_dir
     landing.mkdir(parents=True, exist_ok=True)
-    staging = settings.work_dir / "bundled"
-    files = write_bundled(staging)
-    rounds = []
-    for name in ("base", "drift-1", "drift-2"):
-        target = landing / files[name].name
-        shutil.copy2(files[name], target)
-        drop = [target]
-        if name == "drift-1":
-            # Two messy files (CSV and JSONL: no one format can hold every fault) with one row of
-            # each quarantine reason, a duplicate and two good rows (tuneloop.data.messy).
-            drop.extend(write_messy(landing))
-        say(f"[bold]drop {name}[/]: {', '.join(str(p) for p in drop)}")
-        result = ingest_step(settings, drop)
-        say(f"  ingest: {result['message']}")
-        step: dict[str, Any] = {"drop": name, "ingest": result}
-        if result["snapshot"]:
-            step.update(_train_and_release(settings, result["snapshot"], say))
-        rounds.append(step)
-    final = status(settings)
-    say(f"snapshots: {[s['id'] for s in final['data']['snapshots']]}")
-    say(f"aliases: {final['registry']['aliases']}")
-    uri = mask_uri(settings.resolved_tracking_uri)
-    say(f"next: `tuneloop status`, or `mlflow ui --backend-store-uri {uri}`")
-    return {"rounds": rounds, "status": final}
+    files = write_bundled(settings.work_dir / "bundled")
+    frames = bundled_frames()
+    samples: list[tuple[str, str]] = []
+    rounds: list[dict[str, Any]] = []
+    drops: list[dict[str, Any]] = []
+    services = [DemoService(settings)]  # the bad candidate's restart appends the second
+    service = services[0]
+    try:
+        service.start()
+        _say(say, f"service: `tuneloop serve` starting at {service.url} (log {service.log_path})")
+        for name in BATCHES:
+            target = landing / files[name].name
+            shutil.copy2(files[name], target)
+            drop = [target]
+            if name == "drift-1":
+                # Two messy files (CSV and JSONL: no one format can hold every fault) with one row of
+                # each quarantine reason, a duplicate and two good rows (tuneloop.data.messy).
+                drop.extend(write_messy(landing))
+            samples += list(zip(frames[name]["text"], frames[name]["label"], strict=True))
+            _say(say, f"drop {name}: {', '.join(p.name for p in drop)}")
+            ingested = ingest_step(settings, drop)
+            _say(say, "ingest: " + ingested["message"], "  ")
+            drops.append({"drop": name, "ingest": ingested})
+            if ingested["snapshot"]:
+                rounds.append(
+                    _round(settings, name, ingested["snapshot"], service, samples, say, train_overrides)
+                )
+        rounds.append(_bad_candidate(settings, services, rounds, samples, say))
+    finally:
+        for each in services:
+            each.stop()
+    return _finish(settings, rounds, drops, time.monotonic() - start, say)
 
 
-def _train_and_release(settings: Settings, snapshot_id: str, say: Callable[[str], None]) -> dict[str, Any]:
-    """Train a round on the new snapshot; promote it when the gates pass and the policy approves."""
+def _say(say: Echo, text: str, indent: str = "") -> None:
+    for line in wrap(text, indent):
+        say(line)
+
+
+def _round(
+    settings: Settings,
+    drop: str,
+    snapshot_id: str,
+    service: DemoService,
+    samples: list[tuple[str, str]],
+    say: Echo,
+    train_overrides: dict[str, Any],
+) -> dict[str, Any]:
+    """Train on the snapshot, gate, convert, then promote the first version or canary a later one."""
     from tuneloop.registry.policy import load_policy
     from tuneloop.registry.store import Registry
+    from tuneloop.steps.convert import convert_step
     from tuneloop.steps.release import promote_step, promotion_problems
     from tuneloop.steps.round import train_step
 
-    trained = train_step(settings, snapshot_id=snapshot_id, progress=True)
-    verdict = "passed" if trained["gate"]["passed"] else "refused: " + "; ".join(trained["gate"]["reasons"])
-    say(
-        f"  train: v{trained['version']} macro-F1 {trained['metrics']['macro_f1']:.3f} "
-        f"(golden {trained['metrics'].get('golden', {}).get('macro_f1', float('nan')):.3f}); gate {verdict}"
+    trained = train_step(settings, snapshot_id=snapshot_id, progress=False, **train_overrides)
+    version, metrics = str(trained["version"]), round_metrics(trained)
+    row: dict[str, Any] = {"version": version, "drop": drop, "snapshot": snapshot_id, "metrics": metrics}
+    gate = "passed" if trained["gate"]["passed"] else "refused"
+    _say(
+        say,
+        f"train: v{version} macro-F1 {figure(metrics['macro_f1'])}, golden "
+        f"{figure(metrics['golden_macro_f1'])}; gate {gate}",
+        "  ",
     )
-    step: dict[str, Any] = {"train": trained}
-    info = Registry(settings).get_version(trained["version"])
-    if info.gate_passed:
-        from tuneloop.steps.convert import convert_step
-
-        converted = convert_step(settings, info.version)
-        sets = converted["parity"]["sets"]
-        agreement = min(s["int8_argmax_agreement"] or 0.0 for s in sets.values())
-        say(
-            f"  convert: parity {'passed' if converted['parity']['passed'] else 'FAILED'} "
-            f"(INT8 argmax agreement {agreement:.4f}; "
-            f"TensorRT {converted['tensorrt'].get('skipped') or 'built'})"
-        )
-        step["convert"] = converted
-        info = Registry(settings).get_version(info.version)
+    if not trained["gate"]["passed"]:
+        reasons = "; ".join(trained["gate"]["reasons"])
+        for reason in trained["gate"]["reasons"]:
+            _say(say, "- " + reason, "    ")
+        return {**row, "outcome": "refused", "decision": f"gate: {reasons}"}
+    converted = convert_step(settings, version)
+    sets = converted["parity"]["sets"]
+    agreement = min(s["int8_argmax_agreement"] or 0.0 for s in sets.values())
+    metrics["int8_agreement"] = agreement
+    passed = converted["parity"]["passed"]
+    _say(
+        say,
+        f"convert: INT8 parity {'passed' if passed else 'FAILED'} (argmax agreement {agreement:.4f})",
+        "  ",
+    )
+    if not passed:
+        return {**row, "outcome": "refused", "decision": f"INT8 parity failed (agreement {agreement:.4f})"}
+    registry = Registry(settings)
+    info = registry.get_version(version)
     problems = promotion_problems(info, load_policy(settings.policy_path))
     if problems:
-        say("  promote: not promoted: " + "; ".join(problems))
-    else:
-        promoted = promote_step(
-            settings, info.version, reason=f"demo: {snapshot_id} passed the gates", by="demo"
+        _say(say, "not released: " + "; ".join(problems), "  ")
+        return {**row, "outcome": "refused", "decision": "; ".join(problems)}
+    if registry.alias("champion") is None:
+        promote_step(settings, version, reason=f"demo: first champion ({snapshot_id})", by="demo")
+        _say(say, f"promote: v{version} is the first champion (no canary: nothing to compare with)", "  ")
+        service.wait_ready(version)
+        _say(say, f"service: ready, serving champion v{version} at {service.url}", "  ")
+        return {**row, "outcome": "promoted", "decision": "first champion: promoted directly"}
+    return {**row, **_canary(settings, version, service, samples, say)}
+
+
+def _canary(
+    settings: Settings, version: str, service: DemoService, samples: list[tuple[str, str]], say: Echo
+) -> dict[str, Any]:
+    """Roll `version` out under synthetic traffic; the outcome, decision and champion errors."""
+    from tuneloop.rollout.counters import VersionCounters
+    from tuneloop.rollout.sources import EndpointSource
+    from tuneloop.steps.rollout import rollout_step
+
+    source = EndpointSource([f"{service.url}/metrics"])
+    before = source.read()
+    with Traffic(service.url, samples, canary=version) as traffic:
+        result = rollout_step(
+            settings, version, source, by="demo", tick_s=0.5, echo=lambda m: _say(say, m, "  ")
         )
-        say(f"  promote: champion v{promoted['champion']} (previous v{promoted['previous'] or '-'})")
-        step["promote"] = promoted
-    return step
+    champion = str(result.get("champion") if result["outcome"] != "promoted" else result["previous"])
+    after = source.read()
+    zero = VersionCounters()
+    model_errors = after.get(champion, zero).errors - before.get(champion, zero).errors
+    served = {
+        "requests": traffic.requests,
+        "items": dict(traffic.answered),
+        "feedback": traffic.feedback,
+        "failed_requests": len(traffic.failures),
+        "champion_model_errors": int(model_errors),
+    }
+    _say(
+        say,
+        f"traffic: {traffic.requests} requests, items answered "
+        + ", ".join(f"v{v} {n}" for v, n in sorted(traffic.answered.items()))
+        + f"; {traffic.feedback} feedback; failed requests {len(traffic.failures)}",
+        "  ",
+    )
+    outcome = result["outcome"]
+    if outcome == "promoted":
+        f = result.get("figures", {})
+        decision = (
+            f"canary passed every step; last step p95 {figure(f.get('p95_ms'), '.0f')} ms, "
+            f"error rate {figure(f.get('error_rate'))}"
+        )
+    else:
+        decision = str(result.get("reason", outcome))
+    return {"outcome": outcome, "decision": decision, "traffic": served, "champion": result.get("champion")}
+
+
+def _bad_candidate(
+    settings: Settings,
+    services: list[DemoService],
+    rounds: list[dict[str, Any]],
+    samples: list[tuple[str, str]],
+    say: Echo,
+) -> dict[str, Any]:
+    """Register a copy of the champion, restart the service with the fault switch on it, roll it out."""
+    from tuneloop.registry.store import Registry
+
+    registry = Registry(settings)
+    champion = registry.alias("champion")
+    if champion is None:
+        raise ValueError("no champion: the first round was refused, so there is nothing to roll out against")
+    keep = {
+        k: v
+        for k, v in champion.tags.items()
+        if not k.startswith(("event.", "promot", "rolled_back", "round_key", "approval"))
+    }
+    note = f"demo: a copy of champion v{champion.version} served with injected errors"
+    keep.update(approval="approved", approval_by="demo", approval_note=note, demo_fault=note)
+    assert champion.run_id is not None
+    mv = registry.client.create_model_version(
+        settings.model_name, champion.source, champion.run_id, tags=keep
+    )
+    version = str(mv.version)
+    fault = {"TUNELOOP_SERVE_FAULT_VERSION": version, "TUNELOOP_SERVE_FAULT_ERROR_RATE": FAULT_ERROR_RATE}
+    _say(say, f"drop fault: v{version}, a copy of champion v{champion.version}, made bad on purpose")
+    _say(
+        say,
+        "service: restarting with the fault switch " + " ".join(f"{k}={v}" for k, v in fault.items()),
+        "  ",
+    )
+    services[-1].stop()
+    service = DemoService(settings, fault=fault)
+    services.append(service)
+    service.start().wait_ready(champion.version)
+    _say(say, f"service: ready at {service.url}, champion v{champion.version}", "  ")
+    # The same model as the champion: its offline figures are the champion's.
+    same: dict[str, Any] = next((r["metrics"] for r in rounds if r["version"] == champion.version), {})
+    row = {"version": version, "drop": "fault", "metrics": dict(same), "copy_of": champion.version}
+    return {**row, **_canary(settings, version, service, samples, say)}
+
+
+def _finish(
+    settings: Settings, rounds: list[dict[str, Any]], drops: list[dict[str, Any]], seconds: float, say: Echo
+) -> dict[str, Any]:
+    from tuneloop.registry.store import Registry
+
+    aliases = Registry(settings).aliases()
+    champion_errors = sum(
+        r["traffic"]["failed_requests"] + r["traffic"]["champion_model_errors"]
+        for r in rounds
+        if "traffic" in r
+    )
+    say("")
+    for line in render_table(rounds):
+        say(line)
+    say("")
+    _say(
+        say,
+        f"champion v{aliases.get('champion', '-')}, previous v{aliases.get('previous', '-')}; "
+        f"errors on the champion's path: {champion_errors}; {seconds:.0f} s",
+    )
+    uri = mask_uri(settings.resolved_tracking_uri)
+    for text in (
+        f"MLflow UI: mlflow ui --backend-store-uri {uri} then open http://127.0.0.1:5000",
+        "service: tuneloop serve, then open http://127.0.0.1:3000/docs (OpenAPI)",
+        "more: tuneloop status, tuneloop history",
+    ):
+        _say(say, text)
+    return {
+        "rounds": rounds,
+        "drops": drops,
+        "aliases": aliases,
+        "champion_errors": champion_errors,
+        "seconds": round(seconds, 1),
+    }

@@ -1,0 +1,79 @@
+"""What `tuneloop demo` prints: lines that fit 80 columns, and the closing table (pure functions).
+
+Every line is at most `WIDTH` characters and wrapped at spaces only, so a terminal, a log file or
+`rich` (which wraps at 80 when not on a terminal) never breaks a figure across lines.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterable
+from typing import Any
+
+WIDTH = 79
+
+
+def wrap(text: str, indent: str = "", width: int = WIDTH) -> list[str]:
+    """`text` in lines of at most `width` characters, continuation lines indented two more."""
+    return textwrap.wrap(
+        text,
+        width=width,
+        initial_indent=indent,
+        subsequent_indent=indent + "  ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    ) or [indent]
+
+
+def figure(value: Any, spec: str = ".3f") -> str:
+    """A number as text, or '-' when there is none."""
+    return "-" if value is None else format(value, spec)
+
+
+def round_metrics(train: dict[str, Any]) -> dict[str, float | None]:
+    """The round's headline figures: macro-F1 on the new eval split, the golden set and both."""
+    metrics = train.get("metrics", {})
+
+    def f1(name: str) -> float | None:
+        value = metrics.get(name)
+        return value.get("macro_f1") if isinstance(value, dict) else None
+
+    return {
+        "macro_f1": metrics.get("macro_f1"),
+        "golden_macro_f1": f1("golden"),
+        "union_macro_f1": f1("union"),
+    }
+
+
+# version (6) drop (9) macro-F1 (8) golden (6) outcome (11) and 2 spaces between: 46 characters,
+# leaving the decision 33 characters a line; longer decisions continue under the decision column.
+_COLUMNS = ("version", "drop", "macro-F1", "golden", "outcome")
+_WIDTHS = (7, 9, 8, 6, 11)
+_INDENT = sum(_WIDTHS) + 2 * len(_WIDTHS)
+
+
+def _row(cells: Iterable[str]) -> str:
+    parts = [
+        c.rjust(w) if i in (2, 3) else c.ljust(w) for i, (c, w) in enumerate(zip(cells, _WIDTHS, strict=True))
+    ]
+    return "  ".join(parts) + "  "
+
+
+def render_table(rounds: list[dict[str, Any]]) -> list[str]:
+    """The closing table: one row per version, its decision wrapped under the last column."""
+    lines = [_row(_COLUMNS) + "decision", "-" * WIDTH]
+    for r in rounds:
+        m = r["metrics"]
+        cells = (
+            f"v{r['version']}",
+            r["drop"],
+            figure(m.get("macro_f1")),
+            figure(m.get("golden_macro_f1")),
+            r["outcome"],
+        )
+        decision = textwrap.wrap(
+            r.get("decision", ""), width=WIDTH - _INDENT, break_long_words=False, break_on_hyphens=False
+        ) or [""]
+        lines.append(_row(cells) + decision[0])
+        lines += [" " * _INDENT + more for more in decision[1:]]
+    return [line.rstrip() for line in lines]
