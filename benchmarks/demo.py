@@ -9,8 +9,9 @@ defaults: real MiniLM, SQLite MLflow, the demo policy) and the temporary folder 
     python benchmarks/demo.py --quick    # smoke run: TUNELOOP_EPOCHS=1, not the README's figure
     python benchmarks/demo.py --keep     # keep the home afterwards and print where it is
 
-The last line printed is one JSON object: seconds, versions, promoted, refused, and per drop what
-ingest kept and what the round decided.
+The last line printed is one JSON object: seconds, versions, promoted, rolled_back, refused (with
+reasons), champion_errors (failed requests and champion model-call errors during the canaries: 0),
+and per drop what ingest kept and what its round's outcome was.
 """
 
 from __future__ import annotations
@@ -53,10 +54,22 @@ def last_json(stdout: str) -> dict[str, Any]:
 
 
 def summarize(result: dict[str, Any], seconds: float) -> dict[str, Any]:
-    """Figures from the demo's JSON: which versions were trained, promoted and refused, and why."""
-    drops, versions, promoted, refused = [], [], [], []
-    for step in result["rounds"]:
-        ingest, train = step["ingest"], step.get("train")
+    """Figures from the demo's JSON: each version's outcome (promoted, rolled_back, refused) and why,
+    what each drop's ingest kept, and the errors on the champion's path (0 expected)."""
+    outcome_of: dict[str, list[Any]] = {"promoted": [], "rolled_back": [], "refused": []}
+    by_drop: dict[str, dict[str, Any]] = {}
+    for r in result["rounds"]:
+        version = str(r["version"])
+        by_drop[r["drop"]] = r
+        if r["outcome"] == "promoted":
+            outcome_of["promoted"].append(version)
+        else:
+            outcome_of.setdefault(r["outcome"], []).append(
+                {"version": version, "reason": r.get("decision", "")}
+            )
+    drops = []
+    for step in result.get("drops", []):
+        ingest = step["ingest"]
         drop: dict[str, Any] = {
             "drop": step["drop"],
             "rows": ingest.get("rows"),
@@ -65,26 +78,17 @@ def summarize(result: dict[str, Any], seconds: float) -> dict[str, Any]:
             "quarantined": ingest.get("quarantined"),
             "reasons": ingest.get("reasons", {}),
         }
-        if train is not None:
-            version = str(train["version"])
-            versions.append(version)
-            drop.update(version=version, gate_passed=bool(train["gate"]["passed"]))
-            drop["macro_f1"] = train.get("metrics", {}).get("macro_f1")
-            if "convert" in step:
-                drop["parity_passed"] = bool(step["convert"]["parity"]["passed"])
-            if "promote" in step:
-                promoted.append(version)
-            else:
-                reasons = list(train["gate"].get("reasons") or [])
-                if train["gate"]["passed"] and not drop.get("parity_passed", True):
-                    reasons.append("conversion parity failed")
-                refused.append({"version": version, "reasons": reasons or ["not promoted"]})
+        if step["drop"] in by_drop:
+            r = by_drop[step["drop"]]
+            drop.update(
+                version=str(r["version"]), outcome=r["outcome"], macro_f1=r["metrics"].get("macro_f1")
+            )
         drops.append(drop)
     return {
         "seconds": round(seconds, 1),
-        "versions": versions,
-        "promoted": promoted,
-        "refused": refused,
+        "versions": [str(r["version"]) for r in result["rounds"]],
+        **outcome_of,
+        "champion_errors": result.get("champion_errors"),
         "drops": drops,
     }
 
@@ -131,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  seconds   {figures['seconds']}")
     for drop in figures["drops"]:
         print(f"  {drop['drop']:<8}  {json.dumps({k: v for k, v in drop.items() if k != 'drop'})}")
-    print(f"  promoted  {figures['promoted']}  refused {[r['version'] for r in figures['refused']]}")
+    rolled_back = [r["version"] for r in figures["rolled_back"]]
+    refused = [r["version"] for r in figures["refused"]]
+    print(f"  promoted  {figures['promoted']}  rolled back {rolled_back}  refused {refused}")
+    print(f"  errors on the champion's path: {figures['champion_errors']}")
     if args.keep:
         print(f"  home kept at {tmp / 'home'}")
     print(json.dumps(figures))

@@ -13,14 +13,6 @@ from benchmarks.demo import demo_env, last_json, summarize
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _round(version: str, passed: bool, reasons: list[str] | None = None) -> dict:
-    return {
-        "version": version,
-        "gate": {"passed": passed, "reasons": reasons or []},
-        "metrics": {"macro_f1": 0.97},
-    }
-
-
 def _ingest(rows: int, accepted: int, quarantined: int = 0) -> dict:
     return {
         "rows": rows,
@@ -30,38 +22,43 @@ def _ingest(rows: int, accepted: int, quarantined: int = 0) -> dict:
     }
 
 
+def _round(version: str, drop: str, outcome: str, decision: str = "") -> dict:
+    return {
+        "version": version,
+        "drop": drop,
+        "metrics": {"macro_f1": 0.97, "golden_macro_f1": 1.0},
+        "outcome": outcome,
+        "decision": decision,
+    }
+
+
 DEMO_RESULT = {
     "rounds": [
-        {
-            "drop": "base",
-            "ingest": _ingest(600, 600),
-            "train": _round("1", True),
-            "convert": {"parity": {"passed": True}},
-            "promote": {"champion": "1", "previous": None},
-        },
-        {
-            "drop": "drift-1",
-            "ingest": _ingest(107, 101, 5) | {"reasons": {"empty_text": 1, "label_conflict": 1}},
-            "train": _round("2", True),
-            "convert": {"parity": {"passed": False}},
-        },
-        {"drop": "drift-2", "ingest": _ingest(150, 150), "train": _round("3", False, ["golden F1 dropped"])},
+        _round("1", "base", "promoted", "first champion: promoted directly"),
+        _round("2", "drift-1", "promoted", "canary passed every step"),
+        _round("3", "drift-2", "refused", "gate: golden F1 dropped"),
+        _round("4", "fault", "rolled_back", "error rate 0.500 > 0.01 at 5%"),
+    ],
+    "drops": [
+        {"drop": "base", "ingest": _ingest(600, 600)},
+        {"drop": "drift-1", "ingest": _ingest(107, 101, 5) | {"reasons": {"empty_text": 1}}},
+        {"drop": "drift-2", "ingest": _ingest(85, 85)},
         {"drop": "again", "ingest": _ingest(0, 0)},  # nothing new: no snapshot, no round
     ],
-    "status": {},
+    "champion_errors": 0,
 }
 
 
-def test_summary_names_versions_promoted_and_refused_with_reasons() -> None:
+def test_summary_names_versions_and_outcomes_with_reasons() -> None:
     figures = summarize(DEMO_RESULT, 81.26)
     assert figures["seconds"] == 81.3
-    assert figures["versions"] == ["1", "2", "3"]
-    assert figures["promoted"] == ["1"]
-    assert figures["refused"] == [
-        {"version": "2", "reasons": ["conversion parity failed"]},
-        {"version": "3", "reasons": ["golden F1 dropped"]},
-    ]
+    assert figures["versions"] == ["1", "2", "3", "4"]
+    assert figures["promoted"] == ["1", "2"]
+    assert figures["refused"] == [{"version": "3", "reason": "gate: golden F1 dropped"}]
+    assert figures["rolled_back"] == [{"version": "4", "reason": "error rate 0.500 > 0.01 at 5%"}]
+    assert figures["champion_errors"] == 0
     assert figures["drops"][1]["quarantined"] == 5 and figures["drops"][1]["reasons"]["empty_text"] == 1
+    assert figures["drops"][2]["outcome"] == "refused" and figures["drops"][2]["version"] == "3"
     assert "version" not in figures["drops"][3]
     json.dumps(figures)  # the last line printed
 
