@@ -70,7 +70,7 @@ def test_demo_promotes_through_the_canary_and_rolls_back_the_bad_candidate(
     assert ("drift-1", "promoted") in outcomes  # the first canary, promoted by rollout_step
     assert outcomes[-1] == ("fault", "rolled_back")
     by_drop = {r["drop"]: r for r in result["rounds"]}
-    assert "canary passed every step" in by_drop["drift-1"]["decision"]
+    assert "canary passed 4 steps" in by_drop["drift-1"]["decision"]
     assert by_drop["drift-1"]["traffic"]["items"].get(by_drop["drift-1"]["version"], 0) >= 40
     bad = by_drop["fault"]
     assert "error rate" in bad["decision"]

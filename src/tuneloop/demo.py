@@ -91,7 +91,9 @@ def run_demo(settings: Settings, echo: Echo | None = None, **train_overrides: An
 
 
 def _say(say: Echo, text: str, indent: str = "") -> None:
-    for line in wrap(text, indent):
+    """`text` wrapped at 80 columns; its own leading spaces (the controller's) add to `indent`."""
+    stripped = text.lstrip(" ")
+    for line in wrap(stripped, indent + " " * (len(text) - len(stripped))):
         say(line)
 
 
@@ -111,6 +113,7 @@ def _round(
     from tuneloop.steps.release import promote_step, promotion_problems
     from tuneloop.steps.round import train_step
 
+    _say(say, f"train: a LoRA round on {snapshot_id}, from the champion's adapter if any", "  ")
     trained = train_step(settings, snapshot_id=snapshot_id, progress=False, **train_overrides)
     version, metrics = str(trained["version"]), round_metrics(trained)
     row: dict[str, Any] = {"version": version, "drop": drop, "snapshot": snapshot_id, "metrics": metrics}
@@ -149,7 +152,7 @@ def _round(
         _say(say, f"promote: v{version} is the first champion (no canary: nothing to compare with)", "  ")
         service.wait_ready(version)
         _say(say, f"service: ready, serving champion v{version} at {service.url}", "  ")
-        return {**row, "outcome": "promoted", "decision": "first champion: promoted directly"}
+        return {**row, "outcome": "promoted", "decision": "first champion, no canary"}
     return {**row, **_canary(settings, version, service, samples, say)}
 
 
@@ -157,6 +160,7 @@ def _canary(
     settings: Settings, version: str, service: DemoService, samples: list[tuple[str, str]], say: Echo
 ) -> dict[str, Any]:
     """Roll `version` out under synthetic traffic; the outcome, decision and champion errors."""
+    from tuneloop.registry.policy import load_policy
     from tuneloop.rollout.counters import VersionCounters
     from tuneloop.rollout.sources import EndpointSource
     from tuneloop.steps.rollout import rollout_step
@@ -189,8 +193,8 @@ def _canary(
     if outcome == "promoted":
         f = result.get("figures", {})
         decision = (
-            f"canary passed every step; last step p95 {figure(f.get('p95_ms'), '.0f')} ms, "
-            f"error rate {figure(f.get('error_rate'))}"
+            f"canary passed {len(load_policy(settings.policy_path).canary.steps)} steps; "
+            f"p95 {figure(f.get('p95_ms'), '.0f')} ms, error rate {figure(f.get('error_rate'), '.2f')}"
         )
     else:
         decision = str(result.get("reason", outcome))
