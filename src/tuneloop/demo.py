@@ -83,7 +83,8 @@ def run_demo(settings: Settings, echo: Echo | None = None, **train_overrides: An
                 rounds.append(
                     _round(settings, name, ingested["snapshot"], service, samples, say, train_overrides)
                 )
-        rounds.append(_bad_candidate(settings, services, rounds, samples, say))
+        bad = _bad_candidate(settings, services, rounds, samples, say)
+        rounds += [bad] if bad else []
     finally:
         for each in services:
             each.stop()
@@ -113,7 +114,9 @@ def _round(
     from tuneloop.steps.release import promote_step, promotion_problems
     from tuneloop.steps.round import train_step
 
-    _say(say, f"train: a LoRA round on {snapshot_id}, from the champion's adapter if any", "  ")
+    champion = Registry(settings).alias("champion")
+    parent = f"champion v{champion.version}'s adapter" if champion else "the base model"
+    _say(say, f"train: a LoRA round on {snapshot_id} from {parent} (minutes on a CPU)", "  ")
     trained = train_step(settings, snapshot_id=snapshot_id, progress=False, **train_overrides)
     version, metrics = str(trained["version"]), round_metrics(trained)
     row: dict[str, Any] = {"version": version, "drop": drop, "snapshot": snapshot_id, "metrics": metrics}
@@ -165,6 +168,7 @@ def _canary(
     from tuneloop.rollout.sources import EndpointSource
     from tuneloop.steps.rollout import rollout_step
 
+    service.wait_ready()  # a home with a champion from an earlier run: the service may still load it
     source = EndpointSource([f"{service.url}/metrics"])
     before = source.read()
     with Traffic(service.url, samples, canary=version) as traffic:
@@ -207,14 +211,15 @@ def _bad_candidate(
     rounds: list[dict[str, Any]],
     samples: list[tuple[str, str]],
     say: Echo,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Register a copy of the champion, restart the service with the fault switch on it, roll it out."""
     from tuneloop.registry.store import Registry
 
     registry = Registry(settings)
     champion = registry.alias("champion")
     if champion is None:
-        raise ValueError("no champion: the first round was refused, so there is nothing to roll out against")
+        _say(say, "drop fault: skipped, no champion to roll a bad candidate out against")
+        return None
     keep = {
         k: v
         for k, v in champion.tags.items()
