@@ -98,6 +98,9 @@ def test_backend_plan_serves_unchecked_conversions_only_with_torch() -> None:
         plan, notes = plan_backends(pref, tags, "unavailable: no GPU")
         assert plan == ["torch"] and len(notes) == 3
     assert plan_backends(("onnx-int8",), {}, "")[0] == []
+    # INT8 that passed parity but lost to fp32 when the conversion timed it: fp32 serves.
+    plan, notes = plan_backends(pref, {**passed, "int8_serve": "fp32"}, "unavailable: no GPU")
+    assert plan == ["onnx-fp32", "torch"] and "no faster than fp32" in notes[1]
     with pytest.raises(ValueError, match="unknown"):
         parse_backends("onnx,cuda")
     assert threads_per_session(1, cores=2) == 2 and threads_per_session(2, cores=2) == 1

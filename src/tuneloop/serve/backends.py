@@ -73,6 +73,8 @@ def plan_backends(
             notes.append(f"tensorrt: {tensorrt_reason}")
         elif not tags.get(ONNX_FILES[name][1]) or not tags.get("conversion_path"):
             notes.append(f"{name}: the version has no {ONNX_FILES[name][1]} / conversion_path tag")
+        elif name == "onnx-int8" and tags.get("int8_serve") == "fp32":
+            notes.append("onnx-int8: the conversion timed INT8 no faster than fp32 on its host (int8_serve)")
         else:
             plan.append(name)
     return plan, notes

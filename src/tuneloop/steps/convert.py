@@ -41,6 +41,7 @@ CONVERSION_TAGS = (
     *TAG_FOR.values(),
     "trt",
     "trt_sha256",
+    "int8_serve",
     "conversion_key",
     "conversion_path",
     "conversion_at",
@@ -318,6 +319,11 @@ def _record(registry: Registry, info: Any, result: Any, summary: dict[str, Any],
     tags["trt"] = engine["status"][:TAG_CHARS]
     if engine.get("path") and engine.get("sha256"):  # only a published plan, one in parity
         tags["trt_sha256"] = engine["sha256"]
+    choice = summary.get("int8_choice") or {}
+    if "model.int8.onnx" in summary["artifacts"]:
+        # The converter publishes the fastest INT8 that passed parity, but serves it only when it
+        # also beat fp32 on this host at the serving shape; readers (service, pyfunc) obey this tag.
+        tags["int8_serve"] = "fp32" if choice.get("serve") == "fp32" else "int8"
     tags.update(
         {
             "conversion_key": key,
