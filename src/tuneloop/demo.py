@@ -91,6 +91,10 @@ def run_demo(settings: Settings, echo: Echo | None = None, **train_overrides: An
     return _finish(settings, rounds, drops, time.monotonic() - start, say)
 
 
+def _v(version: str | None) -> str:
+    return "-" if version is None else f"v{version}"
+
+
 def _say(say: Echo, text: str, indent: str = "") -> None:
     """`text` wrapped at 80 columns; its own leading spaces (the controller's) add to `indent`."""
     stripped = text.lstrip(" ")
@@ -116,7 +120,7 @@ def _round(
 
     champion = Registry(settings).alias("champion")
     parent = f"champion v{champion.version}'s adapter" if champion else "the base model"
-    _say(say, f"train: a LoRA round on {snapshot_id} from {parent} (minutes on a CPU)", "  ")
+    _say(say, f"train: a LoRA round on {snapshot_id} from {parent}", "  ")
     trained = train_step(settings, snapshot_id=snapshot_id, progress=False, **train_overrides)
     version, metrics = str(trained["version"]), round_metrics(trained)
     row: dict[str, Any] = {"version": version, "drop": drop, "snapshot": snapshot_id, "metrics": metrics}
@@ -128,10 +132,13 @@ def _round(
         "  ",
     )
     if not trained["gate"]["passed"]:
-        reasons = "; ".join(trained["gate"]["reasons"])
-        for reason in trained["gate"]["reasons"]:
+        reasons = list(trained["gate"]["reasons"])
+        for reason in reasons:
             _say(say, "- " + reason, "    ")
-        return {**row, "outcome": "refused", "decision": f"gate: {reasons}"}
+        # The table shows the first reason (all of them are above, and in the JSON's `reasons`).
+        more = f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else ""
+        first = reasons[0].split(": ")[0] if reasons else "refused"
+        return {**row, "outcome": "refused", "decision": f"gate: {first}{more}", "reasons": reasons}
     converted = convert_step(settings, version)
     sets = converted["parity"]["sets"]
     agreement = min(s["int8_argmax_agreement"] or 0.0 for s in sets.values())
@@ -267,7 +274,7 @@ def _finish(
     say("")
     _say(
         say,
-        f"champion v{aliases.get('champion', '-')}, previous v{aliases.get('previous', '-')}; "
+        f"champion {_v(aliases.get('champion'))}, previous {_v(aliases.get('previous'))}; "
         f"errors on the champion's path: {champion_errors}; {seconds:.0f} s",
     )
     uri = mask_uri(settings.resolved_tracking_uri)
