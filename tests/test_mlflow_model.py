@@ -62,6 +62,11 @@ def champion(tmp_path_factory):
     return settings, version, root
 
 
+# What a converted version loads, by its `int8_serve` tag: INT8 only where it beat fp32 on this host.
+SERVED_BACKEND = {"int8": "onnx-int8", "fp32": "onnx-fp32"}
+SERVED_FILE = {"int8": "model.int8.onnx", "fp32": "model.opt.onnx"}
+
+
 def _uri(settings) -> str:
     return f"models:/{settings.model_name}@champion"
 
@@ -191,7 +196,9 @@ def test_after_convert_the_champion_loads_int8_and_predicts_what_evaluate_does(c
     source = Registry(settings).get_version(version).source
     before = {a.path for a in mlflow.artifacts.list_artifacts(artifact_uri=source)}
     model = mlflow.pyfunc.load_model(_uri(settings))
-    assert model.unwrap_python_model().backend == "onnx-int8"
+    # INT8 where the conversion found it faster than fp32 on this host, else the checked fp32 ONNX.
+    serves = Registry(settings).get_version(version).tags["int8_serve"]
+    assert model.unwrap_python_model().backend == SERVED_BACKEND[serves]
     _same_as_evaluate(model, settings, version, root)
     # The version's folder is what registration wrote: the conversion lives beside it.
     assert {a.path for a in mlflow.artifacts.list_artifacts(artifact_uri=source)} == before
@@ -208,16 +215,18 @@ def test_each_version_of_one_folder_loads_by_its_own_tags(converted) -> None:
     failed = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{other}").unwrap_python_model()
     assert failed.backend == "torch" and failed.loaded.version == str(other)
     assert "conversion is failed" in " ".join(failed.loaded.notes)
-    assert mlflow.pyfunc.load_model(
-        f"models:/{settings.model_name}/{version}"
-    ).unwrap_python_model().backend == ("onnx-int8")
+    assert (
+        mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{version}").unwrap_python_model().backend
+        == SERVED_BACKEND[info.tags["int8_serve"]]
+    )
 
 
-def test_a_tampered_int8_graph_is_refused_at_load(converted) -> None:
+def test_a_tampered_onnx_graph_is_refused_at_load(converted) -> None:
     settings, version, _ = converted
-    path = Registry(settings).get_version(version).tags["conversion_path"]
-    graph = _artifact_file(settings, version, f"{path}/model.int8.onnx")
-    refused = pytest.raises(IntegrityError, match=r"model.int8.onnx: sha256 .* but the version records")
+    tags = Registry(settings).get_version(version).tags
+    name = SERVED_FILE[tags["int8_serve"]]  # the graph the loader would run
+    graph = _artifact_file(settings, version, f"{tags['conversion_path']}/{name}")
+    refused = pytest.raises(IntegrityError, match=rf"{name}: sha256 .* but the version records")
     with _tampered((graph, graph.read_bytes() + b"\0")), refused:
         mlflow.pyfunc.load_model(_uri(settings))
 

@@ -53,7 +53,7 @@ PIP_PACKAGES = (
     "numpy",
     "pandas",
 )
-BACKENDS = ("onnx-int8", "torch")  # best first; fp32 ONNX adds nothing over PyTorch here
+BACKENDS = ("onnx-int8", "onnx-fp32", "torch")  # best first; fp32 ONNX where INT8 lost to it (int8_serve)
 # Written by MLflow itself into a folder it downloads for a `models:/` URI; not one of ours.
 MLFLOW_META_FILES = frozenset({"registered_model_meta"})
 DEFAULT_TOP_K = 3
