@@ -6,6 +6,7 @@ Every line is at most `WIDTH` characters and wrapped at spaces only, so a termin
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Iterable
 from typing import Any
@@ -13,16 +14,22 @@ from typing import Any
 WIDTH = 79
 
 
-def wrap(text: str, indent: str = "", width: int = WIDTH) -> list[str]:
-    """`text` in lines of at most `width` characters, continuation lines indented two more."""
-    return textwrap.wrap(
-        text,
+# A number and its unit ("192 ms", "4.2 points") stay on one line: glued while wrapping.
+_UNIT = re.compile(r"(\d) (ms|s|points|rows|%)\b")
+_GLUE = "\x00"
+
+
+def wrap(text: str, indent: str = "", width: int = WIDTH, more: str = "  ") -> list[str]:
+    """`text` in lines of at most `width` characters, continuation lines indented `more` further."""
+    lines = textwrap.wrap(
+        _UNIT.sub(rf"\1{_GLUE}\2", text),
         width=width,
         initial_indent=indent,
-        subsequent_indent=indent + "  ",
+        subsequent_indent=indent + more,
         break_long_words=False,
         break_on_hyphens=False,
     ) or [indent]
+    return [line.replace(_GLUE, " ") for line in lines]
 
 
 def figure(value: Any, spec: str = ".3f") -> str:
@@ -71,9 +78,7 @@ def render_table(rounds: list[dict[str, Any]]) -> list[str]:
             figure(m.get("golden_macro_f1")),
             r["outcome"],
         )
-        decision = textwrap.wrap(
-            r.get("decision", ""), width=WIDTH - _INDENT, break_long_words=False, break_on_hyphens=False
-        ) or [""]
+        decision = wrap(r.get("decision", ""), width=WIDTH - _INDENT, more="")
         lines.append(_row(cells) + decision[0])
         lines += [" " * _INDENT + more for more in decision[1:]]
     return [line.rstrip() for line in lines]
