@@ -12,7 +12,7 @@ long critical section (a training round) keeps it while a killed holder's lock e
 `lease_s` after its last renewal; a waiter then breaks it. Release and break both re-read the holder
 just before deleting. MLflow has no conditional delete, so a breaker that reads an expired lease and
 is paused for longer than a whole lease could still delete a successor's lock; with the default
-900 s lease that needs a 15-minute stall between two consecutive calls. The holder notices (its
+60 s lease that needs a one-minute stall between two consecutive calls. The holder notices (its
 renewal finds another holder) and the `with` block then raises instead of returning quietly.
 """
 
@@ -75,7 +75,7 @@ def registry_lock(
     lock_name: str,
     *,
     timeout_s: float = 600.0,
-    lease_s: float = 900.0,
+    lease_s: float = 60.0,  # see Registry.lock (store.py, LEASE_S) for why 60
     poll_s: float = 0.5,
     where: str = "",
 ) -> Iterator[str]:

@@ -32,6 +32,13 @@ ALIASES = ("champion", "canary", "challenger", "previous")
 APPROVAL_STATES = ("pending", "approved", "rejected")
 
 
+# A held lock's lease is renewed every LEASE_S / 3 = 20 s by a thread of its holder, so a long
+# critical section (a training round) keeps it; a holder killed with kill -9 blocks the next one for
+# at most 60 s. (900 s here once made a controller killed inside an alias move stall every alias move
+# for 15 minutes.) Losing it takes a holder stalled for a whole minute; its block then raises.
+LEASE_S = 60.0
+
+
 class RegistryError(RuntimeError):
     """A registry operation that cannot go ahead; the message says why and what to do."""
 
@@ -301,7 +308,7 @@ class Registry:
 
     # --- locks -------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def lock(self, name: str, *, timeout_s: float = 600.0, lease_s: float = 900.0) -> Iterator[str]:
+    def lock(self, name: str, *, timeout_s: float = 600.0, lease_s: float = LEASE_S) -> Iterator[str]:
         """Serialise a critical section across processes and hosts sharing this registry.
 
         The lock is a registered model `<model>.lock.<name>` (see registry/lock.py); raises
