@@ -135,6 +135,17 @@ def compare_set(
     return figures
 
 
+def int8_reasons(what: str, s: SetParity, limits: ParityThresholds) -> list[str]:
+    """Why an int8 model (INT8 ONNX or a TensorRT engine) fails the policy on one set, if it does."""
+    reasons = []
+    drop, agree = s.int8_macro_f1_drop_points, s.int8_argmax_agreement
+    if drop is not None and drop > limits.int8_max_macro_f1_drop_points:
+        reasons.append(f"{what} macro-F1 drop {drop:.2f} points > {limits.int8_max_macro_f1_drop_points:.2f}")
+    if agree is not None and agree < limits.int8_min_argmax_agreement:
+        reasons.append(f"{what} argmax agreement {agree:.4f} < {limits.int8_min_argmax_agreement:.4f}")
+    return reasons
+
+
 def check_parity(
     torch_logits: Mapping[str, ArrayLike] | ArrayLike,
     fp32_logits: Mapping[str, ArrayLike] | ArrayLike,
@@ -159,15 +170,7 @@ def check_parity(
                 f"{name}: fp32 max |logit diff| {s.fp32_max_abs_logit_diff:.3g} > "
                 f"{limits.max_abs_logit_diff_fp32:.3g}"
             )
-        drop, agree = s.int8_macro_f1_drop_points, s.int8_argmax_agreement
-        if drop is not None and drop > limits.int8_max_macro_f1_drop_points:
-            reasons.append(
-                f"{name}: int8 macro-F1 drop {drop:.2f} points > {limits.int8_max_macro_f1_drop_points:.2f}"
-            )
-        if agree is not None and agree < limits.int8_min_argmax_agreement:
-            reasons.append(
-                f"{name}: int8 argmax agreement {agree:.4f} < {limits.int8_min_argmax_agreement:.4f}"
-            )
+        reasons += int8_reasons(f"{name}: int8", s, limits)
     if not sets:
         reasons.append("no evaluation set was given, so parity was not shown")
     return ParityReport(passed=not reasons, sets=sets, thresholds=limits, reasons=reasons)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from tuneloop.convert.files import atomic_output, sha256_file, write_text_atomic
-from tuneloop.convert.parity import coerce_thresholds, compare_set
+from tuneloop.convert.parity import coerce_thresholds, compare_set, int8_reasons
 from tuneloop.convert.runtime import DEFAULT_MAX_LENGTH, OnnxClassifier, encode, load_tokenizer
 
 # Serving shapes: batch 1..32 (8 typical), sequence 8..128 tokens (64 typical). TensorRT tunes
@@ -243,15 +243,7 @@ def judge_engine(
             "argmax_agreement": s.int8_argmax_agreement,
             "max_abs_logit_diff": s.int8_max_abs_logit_diff,
         }
-        drop, agree = s.int8_macro_f1_drop_points, s.int8_argmax_agreement
-        if drop is not None and drop > limits.int8_max_macro_f1_drop_points:
-            reasons.append(
-                f"{name}: engine macro-F1 drop {drop:.2f} points > {limits.int8_max_macro_f1_drop_points:.2f}"
-            )
-        if agree is not None and agree < limits.int8_min_argmax_agreement:
-            reasons.append(
-                f"{name}: engine argmax agreement {agree:.4f} < {limits.int8_min_argmax_agreement:.4f}"
-            )
+        reasons += int8_reasons(f"{name}: engine", s, limits)
     if not any(f["n"] for f in figures.values()):
         reasons.append("no evaluation rows were given, so the engine's parity was not shown")
     return figures, reasons
