@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -58,6 +57,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "banking77")
     parser.add_argument("--work", type=Path, default=REPO / ".tuneloop" / "bench" / "convert")
     parser.add_argument("--threads", default="1,2", help="thread counts timed, comma-separated")
+    parser.add_argument(
+        "--block",
+        type=int,
+        default=None,
+        help="consecutive calls per model in the timing rotation (default: convert/timing.py's 20; "
+        "4 reproduces the earlier protocol)",
+    )
     parser.add_argument("--repeats", type=int, default=60, help="timed calls per model, shape, threads")
     parser.add_argument(
         "--head", choices=["lora", "logreg"], default="lora", help="model built without --model"
@@ -199,12 +205,17 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
+    from host import cpu_description  # benchmarks/host.py, beside this script
     from tuneloop.convert import ConversionSettings, convert_model
     from tuneloop.convert.choice import timing_key
     from tuneloop.convert.runtime import encode, load_tokenizer
     from tuneloop.convert.timing import time_models, typical_text
     from tuneloop.registry.policy import load_policy
 
+    if args.block:
+        import tuneloop.convert.timing as timing
+
+        timing.BLOCK_CALLS = args.block
     load_before = os.getloadavg()
     started = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -303,11 +314,12 @@ def main() -> None:
         "setup": {
             "threads": args.threads,
             "repeats": args.repeats,
+            "block_calls": args.block or 20,
             "short_text_tokens": int(shapes["short"]["input_ids"].shape[1]),
             "test_texts": len(test_texts),
             "model": str(model_dir),
             "head": None if args.model else args.head,
-            "cpu": cpu_model(),
+            "cpu": cpu_description(),
             "cores": os.cpu_count(),
             "loadavg_before": load_before,
             "loadavg_after": os.getloadavg(),
@@ -318,16 +330,6 @@ def main() -> None:
     }
     print_table(figures_out)
     print(json.dumps({**summary, **figures_out}, default=float))
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def print_table(figures: dict[str, Any]) -> None:

@@ -80,8 +80,9 @@ class ConversionSettings:
     # INT8 candidates built, judged and timed (variants.py); the fastest in parity is model.int8.onnx.
     int8_candidates: tuple[str, ...] = CANDIDATES
     timing_threads: tuple[int, ...] = (1, 2)  # serving thread counts timed (capped at this host's cores)
-    # Timed calls per model, shape and thread count: 4 x 2 x 2 x 24 calls of 3-45 ms, about 10 s.
-    timing_calls: int = 24
+    # Timed calls per model, shape and thread count (2 blocks of 20, timing.py): 5 models x 2 shapes
+    # x 2 thread counts x (40 + 6 warm-up) calls of 1-18 ms, about 15 s on the 2-core EPYC.
+    timing_calls: int = 40
     keep_candidates: bool = False  # keep the unchosen candidates in candidates/ (benchmarks/convert.py)
 
 

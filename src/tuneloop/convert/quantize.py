@@ -358,7 +358,7 @@ def quantize_int8_dynamic(onnx_path: Path, out_path: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with atomic_output(Path(out_path)) as tmp:
+    with atomic_output(Path(out_path)) as tmp, _without_preprocess_advice():
         quantize_dynamic(
             str(onnx_path),
             str(tmp),

@@ -2,11 +2,18 @@
 
 Every model is timed in the same run, at each thread count, on two shapes: batch 1 with a typical
 serving text at its own length ("short") and batch 1 padded to the maximum length ("long").
-The runs are interleaved: small blocks of calls rotate over the models, so a neighbour's load on a
-shared machine lands on all of them alike and the *ratios* hold even when absolute times drift.
-Each block starts with one untimed call (caches, and the previous model's thread pool going idle),
-and a short pause between blocks lets ONNX Runtime's spinning worker threads park; timed back to
-back, one session's spinning pool slows the next session's call.
+The runs alternate: each model gets a block of consecutive calls (after WARMUP_CALLS untimed
+ones), and the order of the models reverses every round (A B C, C B A, ...), so drift and a
+neighbour's load land on all of them alike and the *ratios* hold even when absolute times drift.
+
+Why blocks of 20 and not a few calls each: a served session runs request after request, and with
+2 intra-op threads short blocks time the switch between sessions more than the session. On the
+2-core EPYC (family 26), 2 threads, 128 tokens, 5 sessions: the earlier protocol (commit 90cc733:
+blocks of 4, rotated, 5 ms pause) gave static_lean 8.55 ms against fp32 10.20 (0.84x); blocks
+of 4 without the pause (`benchmarks/convert.py --quick --block 4`) gave static_lean 5.24 but
+static and static_merged 9.4 ms (1.15x fp32, slower than at 1 thread); blocks of 20, lean 5.48
+against 8.55 (0.64x). The likely cause, not measured apart: the previous session's worker
+threads still spinning, or an idle vCPU being woken, during the first calls after a switch. At 1 thread the protocols agree (lean 8.5-9.1 ms).
 """
 
 from __future__ import annotations
@@ -21,29 +28,31 @@ import numpy as np
 from tuneloop.convert.choice import timing_key
 from tuneloop.convert.runtime import encode
 
-BLOCK_CALLS = 4
-PAUSE_S = 0.005
+BLOCK_CALLS = 20
+WARMUP_CALLS = 3
 
 
 def time_interleaved(
-    runners: Mapping[str, Callable[[], Any]], calls: int, block: int = BLOCK_CALLS
+    runners: Mapping[str, Callable[[], Any]], calls: int, block: int | None = None
 ) -> dict[str, float]:
-    """Median ms per call of each runner over `calls` timed calls, in rotating blocks of `block`."""
+    """Median ms per call of each runner over `calls` timed calls, in blocks of up to `block`
+    consecutive calls, the runners' order reversed every round."""
     if calls < 1:
         raise ValueError("timing needs at least one call per model")
+    block = block or BLOCK_CALLS  # read at call time: benchmarks/convert.py --block sets it
     names = list(runners)
     times: dict[str, list[float]] = {name: [] for name in names}
-    rounds = -(-calls // block)  # ceil: every runner gets at least `calls` timed calls
+    rounds = -(-calls // block)  # ceil
+    per_round = -(-calls // rounds)  # equal blocks: 24 calls are 2 x 12, not 20 + 4
     for r in range(rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in names if r % 2 == 0 else names[::-1]:
             run = runners[name]
-            run()  # untimed
-            for _ in range(block):
+            for _ in range(WARMUP_CALLS):
+                run()
+            for _ in range(per_round):
                 start = time.perf_counter()
                 run()
                 times[name].append(time.perf_counter() - start)
-            time.sleep(PAUSE_S)
     return {name: 1000.0 * float(np.median(values)) for name, values in times.items()}
 
 
