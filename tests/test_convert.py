@@ -530,3 +530,29 @@ def test_merged_qkv_matmuls_compute_the_same_function_in_float(converted, tmp_pa
     before = OnnxClassifier(out / "model.onnx").predict_logits(texts, batch_size=8)
     after = OnnxClassifier(edited, tokenizer_dir=out).predict_logits(texts, batch_size=8)
     np.testing.assert_allclose(after, before, atol=1e-5)
+
+
+def test_served_onnx_predictor_groups_by_length_and_answers_as_one_padded_call(converted):
+    """The serving predictor splits a batch by token length (serve/backends.length_groups); the
+    answers must be those of one call padded to the longest text, in input order."""
+    import hashlib
+
+    from tuneloop.serve.backends import OnnxPredictor
+
+    out, _ = converted
+    model = out / "model.opt.onnx"
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    predictor = OnnxPredictor(model, sha, out, threads=1, max_tokens=64)
+    texts = ["short one"] * 3 + [" ".join(_texts(30, seed=5))[:300]] + ["two words", "x"]
+    grouped = predictor.predict_proba(texts)
+    enc = predictor.tokenizer(texts, padding="longest", truncation=True, max_length=64, return_tensors="np")
+    feeds = {
+        "input_ids": enc["input_ids"].astype(np.int64),
+        "attention_mask": enc["attention_mask"].astype(np.int64),
+        "token_type_ids": np.zeros_like(enc["input_ids"], dtype=np.int64),
+    }
+    logits = predictor.session.run(["logits"], {k: v for k, v in feeds.items() if k in predictor.inputs})[0]
+    one_call = np.exp(logits - logits.max(axis=1, keepdims=True))
+    one_call /= one_call.sum(axis=1, keepdims=True)
+    assert grouped.shape == one_call.shape
+    np.testing.assert_allclose(grouped, one_call, atol=1e-5)

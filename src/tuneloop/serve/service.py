@@ -78,7 +78,7 @@ class TuneloopService:
     def __init__(self) -> None:
         self.settings = load_settings()
         self.serve = load_serve_settings()
-        threads = threads_per_session(self.serve.workers)
+        threads = self.serve.threads or threads_per_session(self.serve.workers)
         source = _runtime(self.serve.runtime)(self.settings, self.serve, threads)
         self.follower = Follower(
             source,

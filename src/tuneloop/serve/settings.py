@@ -22,6 +22,17 @@ class ServeSettings(BaseSettings):
 
     workers: int = Field(1, ge=1, description="Worker processes (each follows the registry on its own).")
     backends: str = Field(DEFAULT_BACKENDS, description="Backends to try, best first, comma-separated.")
+    threads: int = Field(
+        0, ge=0, description="Intra-op threads per model session; 0: cores // workers (at least 1)."
+    )
+    # Measured with one worker on the 2-core EPYC, INT8, loopback client (benchmarks/README.md):
+    # spinning on, the model call took 1.85 ms on average at concurrency 1 against 2.65 ms off
+    # (a parked worker is woken for each parallel op of ~700), served p50 3.3 vs 5.2 ms.
+    ort_spinning: bool = Field(
+        True,
+        description="Let ONNX Runtime's idle worker threads spin briefly between ops (its default). "
+        "Turn off when many workers or loaded versions share few cores.",
+    )
     poll_s: float = Field(5.0, gt=0, description="Seconds between registry polls in each worker.")
     retry_failed_s: float = Field(
         60.0, ge=0, description="A version that failed to load is tried again after this many seconds."
