@@ -119,7 +119,9 @@ class RegistrySource:
         filename, tag = ONNX_FILES[backend]
         uri = f"runs:/{info.run_id}/{tags['conversion_path']}/{filename}"
         local = Path(download_artifacts(artifact_uri=uri, dst_path=str(work / "onnx")))
-        return OnnxPredictor(local, tags[tag], support, self.threads, self.serve.max_tokens)
+        return OnnxPredictor(
+            local, tags[tag], support, self.threads, self.serve.max_tokens, spinning=self.serve.ort_spinning
+        )
 
 
 def build_runtime(settings: Settings, serve: ServeSettings, threads: int) -> RegistrySource:
