@@ -101,6 +101,11 @@ def test_backend_plan_serves_unchecked_conversions_only_with_torch() -> None:
     # INT8 that passed parity but lost to fp32 when the conversion timed it: fp32 serves.
     plan, notes = plan_backends(pref, {**passed, "int8_serve": "fp32"}, "unavailable: no GPU")
     assert plan == ["onnx-fp32", "torch"] and "no faster than fp32" in notes[1]
+    # TensorRT: where the host can run it and the conversion published an engine, it goes first.
+    plan, notes = plan_backends(pref, {**passed, "trt_sha256": "c"}, "")
+    assert plan == ["tensorrt", "onnx-int8", "onnx-fp32", "torch"] and notes == []
+    plan, notes = plan_backends(pref, {**passed, "trt": "skipped: no NVIDIA GPU found"}, "")
+    assert plan[0] == "onnx-int8" and "published no engine (trt: skipped: no NVIDIA GPU" in notes[0]
     with pytest.raises(ValueError, match="unknown"):
         parse_backends("onnx,cuda")
     assert threads_per_session(1, cores=2) == 2 and threads_per_session(2, cores=2) == 1
@@ -224,3 +229,15 @@ def test_scoring_routes_shadows_and_falls_back_from_a_failing_canary() -> None:
     assert ("error", "2") in rec.events
     with pytest.raises(NotReady):
         score_items(Bundle(), items, breaker=breaker, observer=rec, top_k=1, shadow_share=0)
+
+
+def test_tensorrt_steps_aside_with_the_convert_stage_reason_where_it_cannot_run() -> None:
+    from tuneloop.convert.tensorrt import tensorrt_status
+    from tuneloop.steps.serve import tensorrt_reason
+
+    assert tensorrt_reason(("onnx-int8", "torch")) == ""  # not wanted: not even asked
+    available, why = tensorrt_status()
+    reason = tensorrt_reason(("tensorrt", "onnx-int8"))
+    assert (reason == "") == available
+    if not available:  # this CPU machine: the words /status shows
+        assert reason == f"unavailable: {why}"

@@ -48,19 +48,14 @@ def parse_backends(text: str) -> tuple[str, ...]:
     return names
 
 
-def tensorrt_unavailable() -> str:
-    """Why TensorRT does not serve here (this release serves CPU backends; plans are built by convert)."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return "unavailable: the tensorrt package is not installed (it is the optional gpu extra)"
-    return "unavailable: serving TensorRT plans is not implemented yet; the ONNX backends serve instead"
-
-
 def plan_backends(
     preference: Sequence[str], tags: Mapping[str, str], tensorrt_reason: str
 ) -> tuple[list[str], list[str]]:
-    """(backends to try in order, notes on those that step aside) for a version with `tags`."""
+    """(backends to try in order, notes on those that step aside) for a version with `tags`.
+
+    `tensorrt_reason` is why TensorRT cannot run on this host ("" when it can: the caller asks the
+    convert stage's tensorrt_status, which checks the package and the GPU).
+    """
     conversion = tags.get("conversion", "not run")
     notes: list[str] = []
     plan: list[str] = []
@@ -69,8 +64,12 @@ def plan_backends(
             plan.append(name)
         elif conversion != "passed":
             notes.append(f"{name}: conversion is {conversion}, so only the PyTorch merged model serves")
-        elif name == "tensorrt":
+        elif name == "tensorrt" and tensorrt_reason:
             notes.append(f"tensorrt: {tensorrt_reason}")
+        elif name == "tensorrt" and not (tags.get("trt_sha256") and tags.get("conversion_path")):
+            notes.append(f"tensorrt: the conversion published no engine (trt: {tags.get('trt', 'not run')})")
+        elif name == "tensorrt":
+            plan.append(name)
         elif not tags.get(ONNX_FILES[name][1]) or not tags.get("conversion_path"):
             notes.append(f"{name}: the version has no {ONNX_FILES[name][1]} / conversion_path tag")
         elif name == "onnx-int8" and tags.get("int8_serve") == "fp32":

@@ -9,15 +9,21 @@ The service (tuneloop.serve) imports no other stage; it finds `build_runtime` by
 - `load`: the backends the version may use (serve/backends.py decides), each file downloaded and
   checked: the merged model's files against the version's checksums.json and sha256 tags
   (Registry.download(verify=True)), the ONNX file against its `int8_sha256` / `onnx_opt_sha256`
-  tag over the very bytes the session is built from. A checksum mismatch refuses the version;
-  any other failure of one backend lets the next one try.
+  tag over the very bytes the session is built from, the TensorRT plan (named in the conversion
+  summary) against `trt_sha256`. A checksum mismatch refuses the version; any other failure of
+  one backend lets the next one try. TensorRT is tried only where the convert stage's
+  `tensorrt_status` finds the package and a GPU; elsewhere /status says why it stepped aside.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from tuneloop.config import Settings
 from tuneloop.registry.store import Registry, VersionInfo
@@ -28,9 +34,9 @@ from tuneloop.serve.backends import (
     TorchPredictor,
     parse_backends,
     plan_backends,
-    tensorrt_unavailable,
+    read_labels,
 )
-from tuneloop.serve.bundle import LoadedModel
+from tuneloop.serve.bundle import LoadedModel, softmax
 from tuneloop.serve.follower import RegistryState
 from tuneloop.serve.settings import ServeSettings
 
@@ -81,7 +87,7 @@ class RegistrySource:
 
     def load(self, version: str) -> LoadedModel:
         info = self.registry.get_version(version)
-        plan, notes = plan_backends(self.preference, info.tags, tensorrt_unavailable())
+        plan, notes = plan_backends(self.preference, info.tags, tensorrt_reason(self.preference))
         if not plan:
             raise RuntimeError(f"no backend may serve v{version}: " + "; ".join(notes))
         self.cache.mkdir(parents=True, exist_ok=True)
@@ -100,7 +106,7 @@ class RegistrySource:
                 shutil.rmtree(work, ignore_errors=True)  # everything is in memory now
         raise RuntimeError(f"no backend could load v{version}: " + "; ".join(notes))
 
-    def _load(self, backend: str, info: VersionInfo, work: Path) -> OnnxPredictor | TorchPredictor:
+    def _load(self, backend: str, info: VersionInfo, work: Path) -> Any:
         from mlflow.artifacts import download_artifacts, list_artifacts
 
         version, tags = info.version, info.tags
@@ -116,12 +122,60 @@ class RegistrySource:
             if name in listed:
                 got = self.registry.download(version, f"merged/{name}", work / "dl", verify=True)
                 shutil.move(str(got), support / name)
+        if backend == "tensorrt":
+            return self._load_engine(info, support, work)
         filename, tag = ONNX_FILES[backend]
         uri = f"runs:/{info.run_id}/{tags['conversion_path']}/{filename}"
         local = Path(download_artifacts(artifact_uri=uri, dst_path=str(work / "onnx")))
         return OnnxPredictor(
             local, tags[tag], support, self.threads, self.serve.max_tokens, spinning=self.serve.ort_spinning
         )
+
+    def _load_engine(self, info: VersionInfo, support: Path, work: Path) -> TrtPredictor:
+        """The TensorRT plan the conversion published (named in its summary), checked and loaded."""
+        import hashlib
+        import json
+
+        from mlflow.artifacts import download_artifacts
+
+        from tuneloop.steps.convert import SUMMARY
+
+        base = f"runs:/{info.run_id}/{info.tags['conversion_path']}"
+        summary = Path(download_artifacts(artifact_uri=f"{base}/{SUMMARY}", dst_path=str(work / "trt")))
+        engine = json.loads(summary.read_text()).get("tensorrt") or {}
+        if not engine.get("path"):
+            raise RuntimeError(f"v{info.version}'s conversion summary names no TensorRT plan")
+        name = Path(engine["path"]).name
+        plan = Path(download_artifacts(artifact_uri=f"{base}/{name}", dst_path=str(work / "trt")))
+        for extra in (f"{name}.json",):  # the sidecar: the shape profile the plan was built for
+            download_artifacts(artifact_uri=f"{base}/{extra}", dst_path=str(work / "trt"))
+        actual = hashlib.sha256(plan.read_bytes()).hexdigest()
+        if actual != info.tags["trt_sha256"]:
+            raise IntegrityError(f"{name}: sha256 {actual} but the version records {info.tags['trt_sha256']}")
+        return TrtPredictor(plan, support, self.serve.max_tokens)
+
+
+class TrtPredictor:
+    """The convert stage's TensorRT runner behind the service's predictor interface."""
+
+    def __init__(self, plan: Path, support: Path, max_tokens: int) -> None:
+        from tuneloop.convert.tensorrt import TrtClassifier
+
+        self.engine = TrtClassifier(plan, support, max_tokens)
+        self.labels = read_labels(support)
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        return softmax(self.engine.predict_logits(texts))
+
+
+def tensorrt_reason(preference: Sequence[str]) -> str:
+    """Why TensorRT cannot serve on this host ("" when it can); asked only when it is wanted."""
+    if "tensorrt" not in preference:
+        return ""
+    from tuneloop.convert.tensorrt import tensorrt_status
+
+    available, reason = tensorrt_status()
+    return "" if available else f"unavailable: {reason}"
 
 
 def build_runtime(settings: Settings, serve: ServeSettings, threads: int) -> RegistrySource:
