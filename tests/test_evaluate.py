@@ -40,6 +40,8 @@ POLICY = GatePolicy(
     max_golden_regression_points=2.0,
     max_per_label_drop_points=15.0,
     min_label_support=5,
+    # The point estimate alone: the tests below fix exact rows; the paired bootstrap has its own.
+    golden_drop_confidence=0.0,
 )
 
 
@@ -295,6 +297,7 @@ class _PlainThresholds:
     max_golden_regression_points: float = POLICY.max_golden_regression_points
     max_per_label_drop_points: float = POLICY.max_per_label_drop_points
     min_label_support: int = POLICY.min_label_support
+    golden_drop_confidence: float = POLICY.golden_drop_confidence
 
 
 def test_gates_take_plain_thresholds_and_the_registry_policy_alike() -> None:
@@ -358,3 +361,44 @@ def test_per_label_table_and_backward_transfer_figure(tmp_path: Path) -> None:
     assert ax.get_yticklabels()[0].get_text() == "intent_2"  # worst first
     path = save_figure(fig, tmp_path / "plots" / "bwt.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- the paired bootstrap: noise passes, forgetting does not (evaluate/uncertainty.py) ---
+
+
+def test_paired_drop_bound_is_zero_for_two_lost_rows_and_positive_for_three() -> None:
+    from tuneloop.evaluate.uncertainty import paired_drop
+
+    golden = _truth(GOLDEN_PER_LABEL)  # 10 labels x 5 rows, the champion right on every row
+    two = paired_drop(golden, golden, _with_errors(golden, {0: "intent_5", 1: "intent_5"}), LABELS)
+    three = paired_drop(
+        golden, golden, _with_errors(golden, {0: "intent_5", 1: "intent_5", 2: "intent_5"}), LABELS
+    )
+    assert two.drop > 2.0 and two.lower == 0.0 and not two.real  # (48/50)^50 = 13% of resamples miss both
+    assert three.drop > two.drop and three.lower > 0.0 and three.real  # (47/50)^50 = 4.5%
+    again = paired_drop(golden, golden, _with_errors(golden, {0: "intent_5", 1: "intent_5"}), LABELS)
+    assert again == two  # seeded
+    with pytest.raises(ValueError):
+        paired_drop(golden, golden[:-1], golden, LABELS)
+
+
+def test_uncertainty_aware_gate_passes_a_small_swing_and_refuses_real_forgetting() -> None:
+    policy = POLICY.model_copy(update={"golden_drop_confidence": 0.95, "max_per_label_drop_points": 24.0})
+    golden = _truth(GOLDEN_PER_LABEL)
+    # Two rows of one label lost (the demo's round 2): over both limits, within noise: passes.
+    swing = _report(_truth(NEW_PER_LABEL), _with_errors(golden, {0: "intent_5", 1: "intent_5"}))
+    decision = decide_gates(swing, _champion(), policy)
+    assert decision.passed, decision.reasons
+    regression = next(c for c in decision.checks if c.name == "golden_macro_f1_regression")
+    assert regression.value is not None and regression.value > 2.0 and "within noise" in regression.detail
+    # The same swing under the point estimate alone is refused: the bootstrap is what lets it pass.
+    assert not decide_gates(
+        swing, _champion(), POLICY.model_copy(update={"max_per_label_drop_points": 24.0})
+    ).passed
+    # A forgotten label (all 5 rows) and a spread of 6 lost rows: refused, with the figures.
+    forgot = _report(_truth(NEW_PER_LABEL), _with_errors(golden, {i: "intent_9" for i in range(5)}))
+    decision = decide_gates(forgot, _champion(), policy)
+    assert not decision.passed
+    assert any("'intent_0' dropped" in r for r in decision.reasons)
+    spread = _report(_truth(NEW_PER_LABEL), _with_errors(golden, {i * 5: "intent_9" for i in range(6)}))
+    assert not decide_gates(spread, _champion(), policy).passed

@@ -178,8 +178,17 @@ def demo(as_json: JsonOpt = False) -> None:
     with the service's fault switch on it (TUNELOOP_SERVE_FAULT_VERSION, _ERROR_RATE=0.5) and rolled
     back. Ends with a table of versions, metrics and outcomes (--json: one JSON object, `rounds`).
     """
+    import os
+
     from tuneloop.demo import run_demo
 
+    # The story is the output: MLflow's per-download and transformers' per-load progress bars would
+    # put dozens of carriage-return lines between its steps in a terminal and in a log file.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     settings = settings_or_exit()
 
     def show(line: str) -> None:  # the demo wraps its own lines at 80 columns; no markup

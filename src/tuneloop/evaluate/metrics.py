@@ -46,6 +46,10 @@ class Scores(BaseModel):
     confusion: list[list[int]] = Field(
         description="Counts; rows are true labels, columns predicted labels, both in `labels` order."
     )
+    # Per row, in the set's order: what the paired bootstrap of the gates resamples
+    # (evaluate/uncertainty.py). Empty in reports written before it existed.
+    y_true: list[str] = Field(default_factory=list, description="True label of each row, in order.")
+    y_pred: list[str] = Field(default_factory=list, description="Predicted label of each row, in order.")
 
     def macro_f1_over(self, labels: list[str]) -> float:
         """Unweighted mean F1 over `labels` (same definition as `macro_f1`, on a chosen subset)."""
@@ -133,4 +137,6 @@ def score(y_true: list[str], y_pred: list[str], labels: list[str]) -> Scores:
         macro_f1=float(macro),
         per_label=per_label,
         confusion=confusion.tolist(),
+        y_true=list(y_true),
+        y_pred=list(y_pred),
     )

@@ -47,6 +47,13 @@ class GatePolicy(_Section):
         description="Golden rows a label needs before its per-label drop is judged; smaller labels "
         "are too noisy (one flipped row moves their F1 by tens of points).",
     )
+    golden_drop_confidence: float = Field(
+        default=0.95,
+        ge=0,
+        lt=1,
+        description="A golden drop over its limit is refused only when a paired bootstrap of the "
+        "golden rows puts it above zero with this confidence (0: the point estimate alone decides).",
+    )
 
 
 class ApprovalPolicy(_Section):
