@@ -78,7 +78,7 @@ bench-quick: $(STAMP) ## Every benchmark in its quick smoke mode (figures not co
 
 lock: ## Re-resolve and rewrite requirements.lock from pyproject.toml (needs the package index).
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/pip install --quiet "torch==2.13.0" && .venv-lock/bin/pip install --quiet -e ".[dev]"
+	.venv-lock/bin/pip install --quiet "torch==2.13.0" && .venv-lock/bin/pip install --quiet -e ".[dev,server]"
 	{ head -3 requirements.lock; .venv-lock/bin/pip freeze --exclude-editable | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/'; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock && rm -rf .venv-lock
 
