@@ -13,7 +13,8 @@ blocks of 4, rotated, 5 ms pause) gave static_lean 8.55 ms against fp32 10.20 (0
 of 4 without the pause (`benchmarks/convert.py --quick --block 4`) gave static_lean 5.24 but
 static and static_merged 9.4 ms (1.15x fp32, slower than at 1 thread); blocks of 20, lean 5.48
 against 8.55 (0.64x). The likely cause, not measured apart: the previous session's worker
-threads still spinning, or an idle vCPU being woken, during the first calls after a switch. At 1 thread the protocols agree (lean 8.5-9.1 ms).
+threads still spinning, or an idle vCPU being woken, during the first calls after a switch.
+At 1 thread the protocols agree (lean 8.5-9.1 ms).
 """
 
 from __future__ import annotations
