@@ -268,7 +268,8 @@ def test_prometheus_rule_matches_rules_file(docs: dict[str, list[dict[str, Any]]
 LITERAL_SECRET = [
     # NAME_PASSWORD=value or NAME_PASSWORD: value, where the value is not a $variable or reference.
     re.compile(
-        r"(?i)\b\w*(password|secret_key|auth_string|api_token)\w*\s*[:=]\s*[\"']?(?![$\"'{(</])[^\s$]{4,}(?=[\s\"']|$)"
+        r"(?i)\b\w*(password|secret_key|auth_string|api_token)\w*[ \t]*[:=][ \t]*[\"']?"
+        r"(?![$\"'{(</`])[^\s$]{4,}(?=[\s\"']|$)"
     ),
     # scheme://user:password@host with a literal password.
     re.compile(r"://[\w.-]+:(?![$<{])[^@\s/]+@"),
@@ -375,6 +376,10 @@ def test_mlflow_server_runs_basic_auth_on_s3_with_allowed_hosts(
         # The store URI (with its password) comes from the Secret, not from the manifest.
         assert [s["secretRef"]["name"] for s in container["envFrom"]][0].startswith("mlflow-server")
         assert not any("postgresql://" in a for a in argv)
+        # The Job that creates the trainer and reader users reads every password from a Secret.
+        job = find(items, "Job", "mlflow-users")["spec"]["template"]["spec"]["containers"][0]
+        refs = sorted(e["valueFrom"]["secretKeyRef"]["name"] for e in job["env"] if "valueFrom" in e)
+        assert [r.split("-")[1] for r in refs] == ["reader", "server", "trainer"], refs
 
 
 def test_worker_image_has_no_entrypoint() -> None:
