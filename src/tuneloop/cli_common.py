@@ -27,10 +27,10 @@ def settings_or_exit(**overrides: Any) -> Settings:
 
 
 def fail(message: str, hint: str = "", code: int = 2) -> None:
-    from tuneloop.config import mask_uri
+    from tuneloop.config import mask_secrets
 
     # Last line of defence: an error from a library may quote a URI with its password.
-    err.print(f"[bold red]error:[/] {mask_uri(message)}")
+    err.print(f"[bold red]error:[/] {mask_secrets(message)}")
     if hint:
         err.print(f"[dim]next: {hint}[/]")
     raise typer.Exit(code)

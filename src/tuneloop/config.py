@@ -251,6 +251,20 @@ def mask_uri(uri: str | None) -> str | None:
     return _SECRET_QUERY.sub(r"\1****", _USERINFO.sub(r"\1:****@", uri))
 
 
+# Environment variables whose values are secrets that a library's error message might quote.
+SECRET_ENV = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "AWS_SECRET_ACCESS_KEY")
+
+
+def mask_secrets(text: str) -> str:
+    """`text` safe to print: URIs masked as by mask_uri, and the values of SECRET_ENV as ****."""
+    masked = mask_uri(text) or text
+    for name in SECRET_ENV:
+        value = os.environ.get(name, "")
+        if len(value) >= 4:  # a 1-3 character "secret" would mask ordinary words and numbers
+            masked = masked.replace(value, "****")
+    return masked
+
+
 def mask_settings(data: dict[str, Any]) -> dict[str, Any]:
     """A settings dump with every URI field masked (for printing; never for saving credentials)."""
     return {k: mask_uri(v) if k in URI_FIELDS and isinstance(v, str) else v for k, v in data.items()}

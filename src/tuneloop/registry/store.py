@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tuneloop.config import Settings, mask_uri
+from tuneloop.config import Settings, mask_secrets, mask_uri
 from tuneloop.files import sha256_file
 from tuneloop.registry.verify import MANIFEST, checksum_problems, flatten_manifests
 
@@ -52,6 +52,16 @@ def is_not_found(exc: Exception) -> bool:
     registered model (`get_registered_model(name).aliases`) and never judged by that code.
     """
     return str(getattr(exc, "error_code", "")) == "RESOURCE_DOES_NOT_EXIST"
+
+
+# What an MLflow server with authentication (`mlflow server --app-name basic-auth`) answers when a
+# request carries no or wrong credentials (401), or a user without the right (403).
+REFUSED_CODES = ("UNAUTHENTICATED", "PERMISSION_DENIED")
+
+
+def is_refused(exc: BaseException | None) -> bool:
+    """Whether an MlflowException is the server refusing who is asking (401 or 403)."""
+    return str(getattr(exc, "error_code", "")) in REFUSED_CODES
 
 
 def checksums(folder: Path) -> dict[str, str]:
@@ -112,12 +122,26 @@ class Registry:
 
     def _failed(self, what: str, exc: Exception) -> RegistryError:
         """A registry call that failed for a reason other than "not found": say what and where."""
-        detail = mask_uri(getattr(exc, "message", None) or str(exc))
+        detail = mask_secrets(getattr(exc, "message", None) or str(exc))
+        if is_refused(exc):
+            return RegistryError(f"{what} was refused by the MLflow server {self.where}: {detail}. {_who()}")
         return RegistryError(
             f"{what} failed at the MLflow registry {self.where}: {detail}. Check that the store is "
             "reachable and TUNELOOP_TRACKING_URI / TUNELOOP_REGISTRY_URI are right (`tuneloop "
             "config` prints them), then run the command again."
         )
+
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """A registry write: a 401/403 becomes a RegistryError saying whose rights to fix."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            yield
+        except MlflowException as exc:
+            if is_refused(exc):
+                raise self._failed(what, exc) from exc
+            raise
 
     # --- experiments and runs ----------------------------------------------------------------
     def experiment_id(self, name: str) -> str:
@@ -258,17 +282,19 @@ class Registry:
 
     def register(self, run_id: str, artifact_path: str, tags: dict[str, str]) -> VersionInfo:
         self.ensure_model()
-        mv = self.client.create_model_version(
-            self.model_name,
-            source=f"runs:/{run_id}/{artifact_path}",
-            run_id=run_id,
-            tags={k: str(v) for k, v in tags.items()},
-        )
+        with self._writing(f"registering a version of {self.model_name!r}"):
+            mv = self.client.create_model_version(
+                self.model_name,
+                source=f"runs:/{run_id}/{artifact_path}",
+                run_id=run_id,
+                tags={k: str(v) for k, v in tags.items()},
+            )
         return self.get_version(mv.version)
 
     def set_tags(self, version: str, tags: dict[str, Any]) -> None:
-        for key, value in tags.items():
-            self.client.set_model_version_tag(self.model_name, str(version), key, str(value))
+        with self._writing(f"setting tags on {self.model_name} version {version}"):
+            for key, value in tags.items():
+                self.client.set_model_version_tag(self.model_name, str(version), key, str(value))
 
     def delete_tags(self, version: str, keys: list[str]) -> None:
         """Remove version tags; a tag that is not there is already gone."""
@@ -290,7 +316,8 @@ class Registry:
     def set_alias(self, alias: str, version: str) -> None:
         if alias not in ALIASES:
             raise RegistryError(f"unknown alias {alias!r}; tuneloop uses {ALIASES}")
-        self.client.set_registered_model_alias(self.model_name, alias, str(version))
+        with self._writing(f"moving the alias {alias!r} to version {version}"):
+            self.client.set_registered_model_alias(self.model_name, alias, str(version))
 
     def clear_alias(self, alias: str) -> None:
         """Remove `alias`; removing an alias that is not set is not an error (MLflow agrees)."""
@@ -323,7 +350,9 @@ class Registry:
             ) as holder:
                 yield holder  # errors of the block itself pass through unchanged
         except LockError as exc:
-            raise RegistryError(mask_uri(str(exc))) from exc
+            if is_refused(exc.__cause__):  # the server refused the lock's model (create, tag, delete)
+                raise self._failed(f"taking or keeping the lock {lock_name!r}", exc.__cause__) from exc
+            raise RegistryError(mask_secrets(str(exc))) from exc
 
     # --- artifacts ---------------------------------------------------------------------------
     def download(self, version: str, subpath: str = "", dst: Path | None = None, verify: bool = True) -> Path:
@@ -394,9 +423,22 @@ class Registry:
     def record_event(self, version: str, event: str, payload: dict[str, Any]) -> None:
         """Append-only audit trail: a tag per event (`event.<time>.<name>`) on the version."""
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-        self.client.set_model_version_tag(
-            self.model_name, str(version), f"event.{stamp}.{event}", json.dumps(payload, sort_keys=True)
-        )
+        with self._writing(f"recording the event {event!r} on version {version}"):
+            self.client.set_model_version_tag(
+                self.model_name, str(version), f"event.{stamp}.{event}", json.dumps(payload, sort_keys=True)
+            )
+
+
+def _who() -> str:
+    """What to do about a refusal, naming the user MLflow sent (never the password)."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    sent = f"the user {user!r}" if user else "no user (MLFLOW_TRACKING_USERNAME is unset)"
+    return (
+        f"The request was sent as {sent}. Set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a "
+        "user with EDIT on this registered model (reading needs READ; the lock models "
+        "`<model>.lock.*` need MANAGE, which their creator gets): README, 'Running against Prefect "
+        "and MLflow servers'."
+    )
 
 
 def _remove(local: Path, made: Path | None) -> None:
