@@ -350,8 +350,9 @@ class Registry:
             ) as holder:
                 yield holder  # errors of the block itself pass through unchanged
         except LockError as exc:
-            if is_refused(exc.__cause__):  # the server refused the lock's model (create, tag, delete)
-                raise self._failed(f"taking or keeping the lock {lock_name!r}", exc.__cause__) from exc
+            cause = exc.__cause__
+            if isinstance(cause, Exception) and is_refused(cause):  # refused the lock's model
+                raise self._failed(f"taking or keeping the lock {lock_name!r}", cause) from exc
             raise RegistryError(mask_secrets(str(exc))) from exc
 
     # --- artifacts ---------------------------------------------------------------------------
