@@ -18,6 +18,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,12 @@ def fill_template(template: dict[str, Any]) -> dict[str, Any]:
             return re.sub(r"\{\{ (\w+) \}\}", lambda m: str(values[m.group(1)]), node)
         return node
 
-    return fill(template["job_configuration"]["job_manifest"])
+    job = fill(template["job_configuration"]["job_manifest"])
+    # prefect-kubernetes insists on these two in the pod spec (its default template has them there);
+    # they are Job fields, so Kubernetes drops them from a pod spec and the strict schema refuses them.
+    for key in ("parallelism", "completions"):
+        job["spec"]["template"]["spec"].pop(key)
+    return job
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,3 +503,50 @@ def test_prefect_server_and_worker(docs: dict[str, list[dict[str, Any]]]) -> Non
         init = find(items, "ConfigMap", "postgres-init")["data"]
         script = "".join(init.values())
         assert "CREATE DATABASE mlflow" in script and "CREATE DATABASE prefect" in script
+
+
+WORKER_BUILD = """
+import json, sys, uuid
+from prefect.client.schemas.objects import FlowRun
+from prefect.utilities.asyncutils import run_coro_as_sync
+from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+out = {}
+for path in sys.argv[1:]:
+    template = json.load(open(path))
+    config = run_coro_as_sync(
+        KubernetesWorkerJobConfiguration.from_template_and_values(template, {"env": {"EXTRA": "1"}})
+    )
+    config.prepare_for_flow_run(FlowRun(id=uuid.uuid4(), flow_id=uuid.uuid4(), name="a-run"))
+    out[path] = config.job_manifest
+print(json.dumps(out))
+"""
+
+
+def test_prefect_kubernetes_worker_builds_jobs_from_the_templates(tmp_path: Path) -> None:
+    """The real worker code (prefect-kubernetes, in the lock's `server` extra) accepts both templates,
+    puts Prefect's flow-run command in `args` (no `command`, no ENTRYPOINT in the image to prefix it)
+    and keeps the template's Secret references next to the variables Prefect adds."""
+    paths = [str(INFRA / "prefect" / name) for name in job_templates()]
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        # A worker's API, so Prefect starts no ephemeral server; nothing is sent to it.
+        "PREFECT_API_URL": "http://127.0.0.1:9/api",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", WORKER_BUILD, *paths], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = json.loads(proc.stdout.strip().splitlines()[-1])
+    for path, job in jobs.items():
+        pod = job["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["args"][:3] == ["prefect", "flow-run", "execute"] and "command" not in container
+        env_by_name = {e["name"]: e for e in container["env"]}
+        assert env_by_name["EXTRA"]["value"] == "1" and "PREFECT__FLOW_RUN_ID" in env_by_name
+        secret = env_by_name["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert secret == {"name": "mlflow-trainer", "key": "MLFLOW_TRACKING_PASSWORD"}
+        assert job["metadata"]["namespace"] == "tuneloop" and pod["serviceAccountName"] == "tuneloop-flow"
+        assert ("nvidia.com/gpu" in container["resources"]["limits"]) == path.endswith("-gpu.json")
