@@ -413,7 +413,9 @@ def test_job_templates_run_prefects_command_with_credentials_by_reference() -> N
         env = {e["name"]: e for e in container["env"]}
         for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING"):
             assert "value" not in env[var] and env[var]["valueFrom"]["secretKeyRef"]["name"], (name, var)
-        for var in ("TUNELOOP_TRACKING_URI", "PREFECT_API_URL", "TUNELOOP_POLICY_PATH"):
+        from_config = ("TUNELOOP_TRACKING_URI", "TUNELOOP_POLICY_PATH", "TUNELOOP_SERVICE_URL")
+        from_config += ("PREFECT_API_URL",)
+        for var in from_config:
             assert env[var]["valueFrom"]["configMapKeyRef"]["name"] == "tuneloop-config", (name, var)
         assert "MLflow" in manifest["metadata"]["annotations"]["tuneloop/state"]
         used = set(re.findall(r"\{\{ (\w+) \}\}", json.dumps(template["job_configuration"])))
