@@ -120,3 +120,20 @@ def test_checked_in_policies_have_triggers_and_the_demo_is_faster() -> None:
     assert prod is not None and demo is not None
     assert demo.cooldown_seconds < prod.cooldown_seconds
     assert demo.min_new_rows < prod.min_new_rows
+
+
+def test_canary_figures_come_from_every_replica_or_from_prometheus(monkeypatch) -> None:
+    from tuneloop.rollout.sources import EndpointSource, PrometheusSource
+    from tuneloop.steps.continual import metrics_source
+
+    monkeypatch.delenv("TUNELOOP_ROLLOUT_PROMETHEUS_URL", raising=False)
+    monkeypatch.setenv("TUNELOOP_API_TOKEN", "t0k")
+    source = metrics_source("http://pod-a:3000/, http://pod-b:3000")
+    assert isinstance(source, EndpointSource)
+    assert source.urls == ["http://pod-a:3000/metrics", "http://pod-b:3000/metrics"]
+    assert source.headers == {"authorization": "Bearer t0k"}
+    monkeypatch.setenv("TUNELOOP_ROLLOUT_PROMETHEUS_URL", "http://prometheus:9090")
+    monkeypatch.setenv("TUNELOOP_ROLLOUT_PROMETHEUS_SELECTOR", '{job="tuneloop"}')
+    fleet = metrics_source("http://pod-a:3000")
+    assert isinstance(fleet, PrometheusSource) and fleet.base_url == "http://prometheus:9090"
+    assert fleet.selector == '{job="tuneloop"}'

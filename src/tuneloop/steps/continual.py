@@ -119,17 +119,34 @@ def roll_out(
 ) -> dict[str, Any]:
     """Canary `version` through the policy's steps against the serving champion (steps/rollout.py),
     judging the service's `/metrics` at `service_url`; the first version is promoted directly."""
-    from tuneloop.rollout.sources import EndpointSource
     from tuneloop.steps.rollout import rollout_step
 
     if Registry(settings).alias("champion") is None:
         return promote_first_champion(settings, version)
+    return rollout_step(settings, version, metrics_source(service_url), by="tuneloop:continual", echo=log)
+
+
+def metrics_source(service_url: str | None = None) -> Any:
+    """Where the canary's figures come from: a Prometheus server when TUNELOOP_ROLLOUT_PROMETHEUS_URL
+    is set (a fleet of replicas, summed by PromQL), else each service URL's /metrics, summed.
+
+    `service_url` may list several replicas, comma-separated: behind one Kubernetes Service a single
+    URL reaches one replica per scrape, so its counters alone would judge a share of the traffic.
+    """
+    from tuneloop.rollout.sources import EndpointSource, PrometheusSource
+
+    prometheus = os.environ.get("TUNELOOP_ROLLOUT_PROMETHEUS_URL")
+    if prometheus:
+        return PrometheusSource(
+            prometheus, selector=os.environ.get("TUNELOOP_ROLLOUT_PROMETHEUS_SELECTOR", "")
+        )
     token = os.environ.get("TUNELOOP_API_TOKEN")
-    source = EndpointSource(
-        [(service_url or DEFAULT_SERVICE_URL).rstrip("/") + "/metrics"],
-        headers={"authorization": f"Bearer {token}"} if token else {},
-    )
-    return rollout_step(settings, version, source, by="tuneloop:continual", echo=log)
+    urls = [
+        u.strip().rstrip("/") + "/metrics"
+        for u in (service_url or DEFAULT_SERVICE_URL).split(",")
+        if u.strip()
+    ]
+    return EndpointSource(urls, headers={"authorization": f"Bearer {token}"} if token else {})
 
 
 def continual_step(
