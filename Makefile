@@ -7,6 +7,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tuneloop-installed
+TOOLS  := .venv-infra/.installed
 PYTEST_ARGS ?=
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
@@ -17,7 +18,7 @@ export DO_NOT_TRACK ?= 1
 export BENTOML_DO_NOT_TRACK ?= True
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test test-fast test-slow lint bench bench-quick lock clean help
+.PHONY: install tools demo test test-fast test-slow lint bench bench-quick lock clean help
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,13 +35,22 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the locked set.
 
+# The programs tests drive (chromium, promtool: .ci/outside-tools.sh installs them from Debian where
+# it can) and the infra checkers in their own environment (checkov pins packages the project's lock
+# would clash with): infra/check-tools.sh builds .venv-infra from infra/requirements-check.txt.
+$(TOOLS): infra/requirements-check.txt
+	bash .ci/outside-tools.sh
+	bash infra/check-tools.sh
+
+tools: $(TOOLS) ## Outside programs and the infra checkers the tests use.
+
 demo: $(STAMP) ## Run the whole loop end to end on embedded defaults (state in .tuneloop/).
 	$(BIN)/tuneloop demo
 
-test: $(STAMP) ## Run the test suite (fast tests, the real-model tests and the server-path tests).
+test: $(STAMP) $(TOOLS) ## Run the test suite (fast tests, the real-model tests and the server-path tests).
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP) ## Only the fast tests (tiny random BERT; no real model, loop or server tests).
+test-fast: $(STAMP) $(TOOLS) ## Only the fast tests (tiny random BERT; no real model, loop or server tests).
 	$(BIN)/python -m pytest -m "not slow and not e2e" $(PYTEST_ARGS)
 
 test-slow: $(STAMP) ## Only the real-model and end-to-end tests (e2e modules: tests/conftest.py).

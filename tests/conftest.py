@@ -27,6 +27,9 @@ E2E_MODULES = {
     "test_rollout_server.py": "canary rollouts, rollbacks and a killed controller against `bentoml serve`",
     "test_mlflow_model_serve.py": "`mlflow models serve` on a registered version, as a subprocess",
     "test_demo_story.py": "`tuneloop demo`'s path on the tiny model with `tuneloop serve` and canaries",
+    "test_auth_server.py": "tuneloop behind `mlflow server --app-name basic-auth` on PostgreSQL",
+    "test_registry_postgres_concurrency.py": "8 concurrent writers through `mlflow server` on PostgreSQL",
+    "test_s3_artifacts.py": "a round's artifacts through `mlflow server --serve-artifacts` into S3 (moto)",
 }
 E2E_FIXTURES = {"prefect_harness"}
 
