@@ -6,45 +6,19 @@ test works in a database of its own, created and dropped here, so runs never see
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import uuid
 from pathlib import Path
 
 import pandas as pd
 import pytest
-
-PG = "postgresql://postgres@127.0.0.1:5432"
+from tests import mlflow_servers
 
 pytestmark = pytest.mark.postgres
 
 
-def _admin():
-    psycopg2 = pytest.importorskip("psycopg2")
-    try:
-        conn = psycopg2.connect(f"{PG}/test", connect_timeout=3)
-    except psycopg2.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable on 127.0.0.1:5432 ({exc}); .ci/run starts it")
-    conn.autocommit = True
-    return conn
-
-
 @pytest.fixture
 def pg_database():
-    conn = _admin()
-    name = f"tuneloop_{uuid.uuid4().hex[:10]}"
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"{PG}/{name}"
-    finally:
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-            cur.execute(f"DROP DATABASE IF EXISTS {name}")
-        conn.close()
+    with mlflow_servers.pg_database() as uri:
+        yield uri
 
 
 def _drop(tmp_path: Path) -> Path:
@@ -104,54 +78,12 @@ def _check_lock(settings) -> None:
         assert second.client.get_registered_model("tuneloop-intent.lock.aliases").tags["holder"] == holder
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ingest_through_an_mlflow_server_backed_by_postgresql(pg_database, tmp_path, monkeypatch):
-    import httpx
-
     from tuneloop.config import load_settings
     from tuneloop.steps.ingest import ingest_step
 
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            pg_database,
-            "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if server.poll() is not None:
-                pytest.fail(f"mlflow server exited: {server.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(1)
-        else:
-            pytest.fail("mlflow server did not answer /health within 120 s")
-
+    artifacts = ("--artifacts-destination", str(tmp_path / "server-artifacts"))
+    with mlflow_servers.mlflow_server(pg_database, *artifacts) as url:
         monkeypatch.setenv("TUNELOOP_HOME", str(tmp_path / "home"))
         monkeypatch.setenv("TUNELOOP_TRACKING_URI", url)
         result = ingest_step(load_settings(), [_drop(tmp_path)])
@@ -159,9 +91,3 @@ def test_ingest_through_an_mlflow_server_backed_by_postgresql(pg_database, tmp_p
         _check_lock(load_settings())
         # Artifacts went through the server (proxied), not to the client's disk.
         assert list((tmp_path / "server-artifacts").rglob("manifest.json"))
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
