@@ -186,13 +186,12 @@ def demo(as_json: JsonOpt = False) -> None:
     # put dozens of carriage-return lines between its steps in a terminal and in a log file.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    import logging
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    # MLflow logs "Validating input example against model signature" at INFO on every registration.
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # MLflow logs "Validating input example against model signature" at INFO on every registration;
+    # it reads this variable when it configures its loggers (on import, later than this line).
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     settings = settings_or_exit()
 
     def show(line: str) -> None:  # the demo wraps its own lines at 80 columns; no markup
