@@ -1,0 +1,411 @@
+"""Class-incremental BANKING77 through the loop's own steps, beside a joint training (issue 14).
+
+    .venv/bin/python benchmarks/continual.py            # 30, 40, 50, 60, 70, 77 intents, 40 rows each
+    .venv/bin/python benchmarks/continual.py --quick    # smoke run: 10, 15, 20 intents, 16 rows (~4 min)
+
+Groundwork: it measures the loop as it is; it changes nothing in it.
+
+Data: ../shared/data/banking77 (train.csv, test.csv; columns text, category). The 77 intents are put
+in a seeded order; round 1 gets the first `--first` of them, every later round `--step` more, up to
+all 77. Each intent gets `--rows` seeded training rows of train.csv (all of them where it has
+fewer: contactless_not_working has 35).
+
+Per round, in a fresh TUNELOOP_HOME (`--work`, or a new folder .tuneloop/bench/continual-*, kept):
+
+1. the new intents' rows are written as a CSV (columns text, label) into the landing folder, then
+   `ingest_step(settings, [path])` cuts a snapshot (golden rows and eval split as the defaults say);
+2. `train_step(settings, snapshot_id=..., progress=False)` trains a round from the champion, with the
+   default settings and the gates of registry/policy.yaml;
+3. when the gate passes: `convert_step` (promotion requires conversion=passed, see
+   steps/release.py's `promotion_problems`; its seconds are reported apart from training), then
+   `promote_step`, as demo.py does for its first version. Later versions are promoted directly too:
+   no canary, since there is no traffic here.
+
+Approval: registry/policy.yaml has approval.auto_approve: false, so the script writes
+`<work>/policy.yaml`, a copy of registry/policy.yaml with only approval.auto_approve set to true
+(as registry/policy.demo.yaml does), and points the settings at it. Gates and every other field are
+the shipped ones. Comments are not kept in the copy.
+
+Measured per round, on every BANKING77 test row of the intents seen so far: the round's version's
+accuracy and macro-F1 (its adapter downloaded from the registry, checksums verified), its accuracy on
+the old intents (seen in earlier rounds) and on the new ones; forgetting = the previous champion's
+accuracy minus the version's, in points, on the old intents the champion knows (a champion stalled at
+an earlier round does not know every old intent); the gate verdict and reasons; train seconds (the
+MLflow run's `train_seconds`) and the train step's wall seconds; replay rows (the version's tag);
+convert seconds. The champion after the round is scored too (`champion_accuracy`): that is what
+users get.
+
+Joint: after each round, one `tuneloop.train.train_round` from the base model on every row seen so
+far (80% of each intent's rows to train, 20% to early-stop on, seeded), with the same TrainConfig
+the loop uses (`train_config(settings)`, so the same model, epochs and patience), scored on the same
+test rows.
+
+Prints a table, saves `<work>/continual.png` (both curves; skipped with a message without
+matplotlib), and the last line is one JSON object: final_accuracy (the last round's version),
+final_champion_accuracy, joint_accuracy (the last joint run), gap_points (joint - final, points),
+rounds_refused, max_forgetting_points, train_seconds (per round), and `rounds` with the detail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "banking77"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with train.csv and test.csv")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="a fresh TUNELOOP_HOME (default: a new .tuneloop/bench/continual-*)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 10 + 5 + 5 intents, 16 rows an intent"
+    )
+    parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--first", type=int, default=30, help="intents in round 1")
+    parser.add_argument("--step", type=int, default=10, help="new intents per later round")
+    parser.add_argument("--total", type=int, default=77, help="intents in the last round")
+    parser.add_argument("--rows", type=int, default=40, help="training rows per intent")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the settings' epochs")
+    parser.add_argument("--no-joint", action="store_true", help="skip the joint trainings")
+    args = parser.parse_args()
+    if args.quick:
+        # The settings' epochs (8, early stopping after `patience`): with 1-2 epochs round 1 is
+        # refused by the gates, and the convert and promote steps would go untried.
+        args.first, args.step, args.total, args.rows = 10, 5, 20, 16
+    return args
+
+
+def round_sizes(first: int, step: int, total: int) -> list[int]:
+    sizes = [min(first, total)]
+    while sizes[-1] < total:
+        sizes.append(min(sizes[-1] + step, total))
+    return sizes
+
+
+def load_data(data: Path, rows: int, seed: int) -> tuple[list[str], pd.DataFrame, pd.DataFrame]:
+    """(intents in a seeded order, `rows` training rows per intent, every test row); column `label`."""
+    train = pd.read_csv(data / "train.csv").rename(columns={"category": "label"})[["text", "label"]]
+    test = pd.read_csv(data / "test.csv").rename(columns={"category": "label"})[["text", "label"]]
+    intents = sorted(train["label"].unique())
+    order = [intents[i] for i in np.random.default_rng(seed).permutation(len(intents))]
+    # Every row of an intent with fewer than `rows` (train.csv: contactless_not_working has 35).
+    shuffled = train.sample(frac=1.0, random_state=seed)
+    picked = shuffled[shuffled.groupby("label").cumcount() < rows]
+    return order, picked.reset_index(drop=True), test.reset_index(drop=True)
+
+
+def write_policy(work: Path) -> Path:
+    """registry/policy.yaml with approval.auto_approve set to true (nothing else changed)."""
+    import yaml
+
+    policy = yaml.safe_load((REPO / "registry" / "policy.yaml").read_text())
+    policy["approval"]["auto_approve"] = True
+    path = work / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    return path
+
+
+def scores(y_true: list[str], y_pred: list[str]) -> dict[str, float | None]:
+    from sklearn.metrics import f1_score
+
+    if not y_true:
+        return {"accuracy": None, "macro_f1": None}
+    t, p = np.asarray(y_true), np.asarray(y_pred)
+    return {
+        "accuracy": round(float((t == p).mean()), 4),
+        "macro_f1": round(
+            float(f1_score(t, p, labels=sorted(set(y_true)), average="macro", zero_division=0)), 4
+        ),
+    }
+
+
+def predict_adapter(adapter_dir: Path, texts: list[str], max_length: int) -> tuple[list[str], list[str]]:
+    """(predicted labels, the model's labels)."""
+    from tuneloop.train.model import load_classifier
+    from tuneloop.train.predict import predict_logits
+
+    model, tokenizer, labels = load_classifier(adapter_dir)
+    logits = predict_logits(model, tokenizer, texts, max_length=max_length)
+    return [labels[i] for i in logits.argmax(axis=1)], list(labels)
+
+
+class VersionScorer:
+    """Predictions of registered versions on the test rows, cached per version."""
+
+    def __init__(self, settings: Any, test: pd.DataFrame, max_length: int, scratch: Path) -> None:
+        self.settings, self.test, self.max_length, self.scratch = settings, test, max_length, scratch
+        self.cache: dict[str, tuple[dict[str, str], set[str]]] = {}
+
+    def predictions(self, version: str) -> tuple[dict[str, str], set[str]]:
+        """({test text: predicted label} over all test rows, the labels the version knows)."""
+        if version not in self.cache:
+            from tuneloop.registry.store import Registry
+
+            target = self.scratch / f"v{version}"
+            adapter = Registry(self.settings).download(version, "adapter", target, verify=True)
+            texts = self.test["text"].tolist()
+            pred, labels = predict_adapter(adapter, texts, self.max_length)
+            self.cache[version] = (dict(zip(texts, pred, strict=True)), set(labels))
+        return self.cache[version]
+
+    def score(self, version: str, intents: list[str]) -> dict[str, float | None]:
+        rows = self.test[self.test["label"].isin(intents)]
+        pred, _ = self.predictions(version)
+        return scores(rows["label"].tolist(), [pred[t] for t in rows["text"]])
+
+
+def joint_round(seen: pd.DataFrame, test: pd.DataFrame, cfg: Any, seed: int, out: Path) -> dict[str, Any]:
+    """One train_round from the base model on every row seen so far, scored on the seen test rows."""
+    from tuneloop.train import train_round
+
+    rank = seen.sample(frac=1.0, random_state=seed).groupby("label").cumcount()
+    size = seen.groupby("label")["label"].transform("size").loc[rank.index]
+    shuffled = seen.loc[rank.index]
+    held_mask = rank >= (size * 0.8).round().astype(int)
+    fit, held = shuffled[~held_mask], shuffled[held_mask]
+    labels = sorted(seen["label"].unique())
+    result = train_round(fit, held, labels, out, cfg, progress=False)
+    rows = test[test["label"].isin(labels)]
+    pred, _ = predict_adapter(result.adapter_dir, rows["text"].tolist(), cfg.max_length)
+    return {
+        "train_rows": len(fit),
+        "stop_eval_rows": len(held),
+        "train_seconds": round(result.train_seconds, 1),
+        "epochs_run": result.epochs_run,
+        **scores(rows["label"].tolist(), pred),
+    }
+
+
+def run_round(
+    settings: Any,
+    index: int,
+    new: list[str],
+    old: list[str],
+    rows: pd.DataFrame,
+    scorer: VersionScorer,
+    overrides: dict[str, Any],
+) -> dict[str, Any]:
+    import mlflow
+
+    from tuneloop.registry.policy import load_policy
+    from tuneloop.registry.store import Registry
+    from tuneloop.steps.convert import convert_step
+    from tuneloop.steps.ingest import ingest_step
+    from tuneloop.steps.release import promote_step, promotion_problems
+    from tuneloop.steps.round import train_step
+
+    landing = settings.landing_dir
+    landing.mkdir(parents=True, exist_ok=True)
+    path = landing / f"round-{index:02d}.csv"
+    rows[rows["label"].isin(new)][["text", "label"]].to_csv(path, index=False)
+    ingested = ingest_step(settings, [path])
+    snapshot = ingested.get("snapshot")
+    if not snapshot:
+        raise RuntimeError(f"round {index}: ingest cut no snapshot: {ingested.get('message')}")
+
+    registry = Registry(settings)
+    champion = registry.alias("champion")
+    started = time.perf_counter()
+    trained = train_step(settings, snapshot_id=snapshot, progress=False, **overrides)
+    wall = time.perf_counter() - started
+    version = str(trained["version"])
+    info = registry.get_version(version)
+    run = mlflow.get_run(str(trained["run_id"])) if trained.get("run_id") else None
+    train_seconds = run.data.metrics.get("train_seconds") if run else None
+    seen = old + new
+    row: dict[str, Any] = {
+        "round": index,
+        "intents": len(seen),
+        "new_intents": len(new),
+        "snapshot": snapshot,
+        "ingest": {k: ingested.get(k) for k in ("rows", "accepted", "duplicates", "quarantined", "split")},
+        "version": version,
+        "parent_version": trained.get("parent_version"),
+        "gate": "passed" if trained["gate"]["passed"] else "refused",
+        "reasons": list(trained["gate"]["reasons"]),
+        "loop_metrics": trained.get("metrics"),
+        "train_seconds": round(float(train_seconds), 1) if train_seconds is not None else None,
+        "train_step_wall_seconds": round(wall, 1),
+        "train_rows": int(run.data.params["train_rows"]) if run and "train_rows" in run.data.params else None,
+        "replay_rows": int(info.tags.get("replay_rows", "0") or 0),
+        **scorer.score(version, seen),
+        "old_accuracy": scorer.score(version, old)["accuracy"] if old else None,
+        "new_accuracy": scorer.score(version, new)["accuracy"],
+        "forgetting_points": None,
+        "convert_seconds": None,
+        "outcome": "refused",
+    }
+    if champion is not None and old:
+        _, known = scorer.predictions(champion.version)
+        judged = [label for label in old if label in known]
+        before = scorer.score(champion.version, judged)["accuracy"]
+        after = scorer.score(version, judged)["accuracy"]
+        if before is not None and after is not None:
+            row["champion_old_accuracy"] = before
+            row["forgetting_points"] = round(100 * (before - after), 2)
+            row["forgetting_judged_intents"] = len(judged)
+    if trained["gate"]["passed"]:
+        started = time.perf_counter()
+        converted = convert_step(settings, version)
+        row["convert_seconds"] = round(time.perf_counter() - started, 1)
+        row["conversion_passed"] = bool(converted["parity"]["passed"])
+        problems = promotion_problems(registry.get_version(version), load_policy(settings.policy_path))
+        if problems:
+            row["outcome"] = "not promoted: " + "; ".join(problems)
+        else:
+            promote_step(settings, version, reason=f"benchmarks/continual.py round {index}", by="benchmark")
+            row["outcome"] = "promoted"
+    now = registry.alias("champion")
+    row["champion_after"] = now.version if now else None
+    row["champion_accuracy"] = scorer.score(now.version, seen)["accuracy"] if now else None
+    return row
+
+
+def save_plot(rounds: list[dict[str, Any]], path: Path) -> str:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "plot skipped: matplotlib is not installed"
+    x = [r["intents"] for r in rounds]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(x, [r["accuracy"] for r in rounds], "o-", label="round's version (loop)")
+    ax.plot(x, [r["champion_accuracy"] for r in rounds], "s--", label="champion after the round")
+    joint = [r.get("joint", {}).get("accuracy") for r in rounds]
+    if any(j is not None for j in joint):
+        ax.plot(x, joint, "^-", label="joint training")
+    ax.set_xlabel("intents seen")
+    ax.set_ylabel("held-out accuracy (seen intents)")
+    ax.set_title("BANKING77 class-incremental: loop vs joint")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return f"plot: {path}"
+
+
+def fmt(value: Any, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(rounds: list[dict[str, Any]]) -> None:
+    print(
+        f"{'round':>5} {'intents':>7} {'gate':>8} {'acc':>6} {'F1':>6} {'old':>6} {'new':>6} "
+        f"{'forget':>7} {'champ':>6} {'joint':>6} {'train s':>8} {'conv s':>7} {'replay':>6}"
+    )
+    for r in rounds:
+        print(
+            f"{r['round']:>5} {r['intents']:>7} {r['gate']:>8} {fmt(r['accuracy']):>6} "
+            f"{fmt(r['macro_f1']):>6} {fmt(r['old_accuracy']):>6} {fmt(r['new_accuracy']):>6} "
+            f"{fmt(r['forgetting_points'], '.1f'):>7} {fmt(r['champion_accuracy']):>6} "
+            f"{fmt(r.get('joint', {}).get('accuracy')):>6} {fmt(r['train_seconds'], '.0f'):>8} "
+            f"{fmt(r['convert_seconds'], '.0f'):>7} {r['replay_rows']:>6}"
+        )
+        for reason in r["reasons"]:
+            print(f"        - {reason}")
+
+
+def main() -> None:
+    args = parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if args.work is None:
+        base = REPO / ".tuneloop" / "bench"
+        base.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="continual-", dir=base))
+    else:
+        work = args.work.resolve()
+        if (work / "snapshots").exists():
+            sys.exit(f"{work} already holds a TUNELOOP_HOME; give a fresh --work folder")
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"TUNELOOP_HOME: {work}", file=sys.stderr, flush=True)
+    os.environ["TUNELOOP_HOME"] = str(work)
+    policy = write_policy(work)
+    os.environ["TUNELOOP_POLICY_PATH"] = str(policy)
+
+    import mlflow
+
+    from tuneloop.config import load_settings
+    from tuneloop.steps.round import train_config
+
+    settings = load_settings(home=work, policy_path=policy)
+    mlflow.set_tracking_uri(settings.resolved_tracking_uri)
+    overrides: dict[str, Any] = {"epochs": args.epochs} if args.epochs else {}
+    cfg = train_config(settings, **overrides)
+    order, rows, test = load_data(args.data, args.rows, args.seed)
+    sizes = round_sizes(args.first, args.step, args.total)
+    scorer = VersionScorer(settings, test, cfg.max_length, work / "bench" / "versions")
+    started = time.perf_counter()
+    rounds: list[dict[str, Any]] = []
+    for index, size in enumerate(sizes, start=1):
+        old = order[: sizes[index - 2]] if index > 1 else []
+        new = order[len(old) : size]
+        print(f"round {index}: {len(old)} old + {len(new)} new intents", file=sys.stderr, flush=True)
+        row = run_round(settings, index, new, old, rows, scorer, overrides)
+        if not args.no_joint:
+            seen_rows = rows[rows["label"].isin(old + new)]
+            row["joint"] = joint_round(seen_rows, test, cfg, args.seed, work / "bench" / f"joint-{index:02d}")
+        rounds.append(row)
+        print(
+            f"round {index}: v{row['version']} gate {row['gate']}, accuracy {fmt(row['accuracy'])}, "
+            f"joint {fmt(row.get('joint', {}).get('accuracy'))}, {row['outcome']}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    print_table(rounds)
+    print(save_plot(rounds, work / "continual.png"))
+    last = rounds[-1]
+    joint_accuracy = last.get("joint", {}).get("accuracy")
+    forgetting = [r["forgetting_points"] for r in rounds if r["forgetting_points"] is not None]
+    summary = {
+        "benchmark": "continual",
+        "quick": args.quick,
+        "seed": args.seed,
+        "round_sizes": sizes,
+        "rows_per_intent": args.rows,
+        "train_config": cfg.to_dict(),
+        "policy": "registry/policy.yaml with approval.auto_approve: true",
+        "final_accuracy": last["accuracy"],
+        "final_champion_accuracy": last["champion_accuracy"],
+        "joint_accuracy": joint_accuracy,
+        "gap_points": (
+            round(100 * (joint_accuracy - last["accuracy"]), 2) if joint_accuracy is not None else None
+        ),
+        "rounds_refused": sum(r["gate"] == "refused" for r in rounds),
+        "max_forgetting_points": max(forgetting) if forgetting else None,
+        "train_seconds": [r["train_seconds"] for r in rounds],
+        "convert_seconds": [r["convert_seconds"] for r in rounds],
+        "work": str(work),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "rounds": rounds,
+    }
+    print(json.dumps(summary, default=str))
+
+
+if __name__ == "__main__":
+    main()
