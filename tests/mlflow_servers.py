@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -62,14 +63,18 @@ def mlflow_server(
     env: dict[str, str] | None = None,
     workers: int = 1,
     ready_s: float = 120,
+    port: int | None = None,
 ) -> Iterator[str]:
-    """`mlflow server` on a free port of 127.0.0.1 until the block ends; yields its URL.
+    """`mlflow server` on `port` (default: a free one) of 127.0.0.1 until the block ends; yields its URL.
+
+    It runs in a session of its own and the whole process group is stopped at the end: its uvicorn
+    workers are children that a signal to the `mlflow` process alone would leave running.
 
     The server's log goes to a temporary file, quoted when it exits early or fails to answer.
     """
     import httpx
 
-    port = free_port()
+    port = port or free_port()
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri]
     command += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), *extra_args]
     server_env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
@@ -77,7 +82,9 @@ def mlflow_server(
     for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"):
         server_env.pop(key, None)
     with tempfile.TemporaryFile() as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=server_env)
+        server = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=server_env, start_new_session=True
+        )
 
         def tail() -> str:
             log.seek(0)
@@ -99,11 +106,11 @@ def mlflow_server(
                 time.sleep(0.5)
             yield url
         finally:
-            server.terminate()
+            os.killpg(server.pid, signal.SIGTERM)
             try:
                 server.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                server.kill()
+                os.killpg(server.pid, signal.SIGKILL)
                 server.wait(timeout=10)
 
 

@@ -14,19 +14,14 @@ Debian's build.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from tests import mlflow_servers
 
 from tuneloop.config import PROJECT_ROOT, load_settings
 
@@ -37,64 +32,20 @@ SERVER_START_S = 60
 UI_STEP_TIMEOUT_MS = 20_000
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    import httpx
-
-    port = _free_port()
-    host = f"127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            # 3.17 checks the Host header against DNS rebinding; name the one the browser sends.
-            "--allowed-hosts",
-            f"{host},localhost:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "server.log").open("wb"),
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        start_new_session=True,  # its uvicorn worker is a child: stop the whole group at the end
+    port = mlflow_servers.free_port()
+    args = (
+        "--artifacts-destination",
+        str(tmp_path / "server-artifacts"),
+        # 3.17 checks the Host header against DNS rebinding; name the one the browser sends.
+        "--allowed-hosts",
+        f"127.0.0.1:{port},localhost:{port}",
     )
-    url = f"http://{host}"
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"mlflow server exited: {(tmp_path / 'server.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not answer /health within {SERVER_START_S} s")
-            time.sleep(0.5)
+    with mlflow_servers.mlflow_server(
+        f"sqlite:///{tmp_path / 'mlflow.db'}", *args, port=port, ready_s=SERVER_START_S
+    ) as url:
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
 
 
 def _browser_or_skip():
