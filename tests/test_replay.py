@@ -60,6 +60,26 @@ def test_every_known_label_is_replayed_even_for_a_small_drift_batch() -> None:
     assert len(select_replay(many, n_new_rows=10, fraction=0.3, seed=1, cover_labels=False)) == 3
 
 
+def test_per_label_replay_keeps_each_old_label_s_share_as_labels_pile_up() -> None:
+    # Issue 14: 0.3 x 280 new rows = 84 rows is 2.8 a label over 30 old labels but 1.2 over 70.
+    for n_labels in (30, 70):
+        history = make_history({f"intent_{i:02d}": 28 for i in range(n_labels)})
+        by_fraction = select_replay(history, n_new_rows=280, fraction=0.3, seed=1)
+        by_label = select_replay(history, n_new_rows=280, fraction=0.3, seed=1, per_label=10)
+        assert len(by_fraction) == max(84, n_labels)
+        assert len(by_label) == 10 * n_labels
+        assert set(by_label["label"].value_counts()) == {10}
+    # The larger budget wins; a scarce label gives what it has; 0 and 0 is no replay at all.
+    assert len(select_replay(HISTORY, n_new_rows=100, fraction=0.3, seed=1, per_label=2)) == 30
+    counts = select_replay(HISTORY, n_new_rows=10, fraction=0.3, seed=1, per_label=10)["label"].value_counts()
+    # 10 x 4 labels = 40 rows: "c" has 3, so the other 37 split 12/12/13 (the odd row goes at random).
+    assert counts.sum() == 40 and counts["c"] == 3
+    assert sorted(counts[["a", "b", "d"]]) == [12, 12, 13]
+    assert select_replay(HISTORY, n_new_rows=10, fraction=0.0, seed=1, per_label=0).empty
+    with pytest.raises(ValueError, match="per_label"):
+        select_replay(HISTORY, 10, 0.3, seed=1, per_label=-1)
+
+
 def test_seeded_and_independent_of_row_order() -> None:
     first = select_replay(HISTORY, 100, 0.3, seed=7)
     shuffled = HISTORY.sample(frac=1.0, random_state=3)

@@ -176,6 +176,63 @@ def test_head_growth_keeps_old_rows_and_predictions(cfg: TrainConfig, round1, tm
     assert meta["parent_adapter"] == str(round1.adapter_dir) and meta["labels"] == result.labels
 
 
+def test_distillation_teacher_is_the_parent_on_its_old_labels(cfg: TrainConfig, round1) -> None:  # type: ignore[no-untyped-def]
+    from tuneloop.train.trainer import _teacher_logits
+
+    parent, tok, _ = load_classifier(round1.adapter_dir)
+    texts = EVAL["text"].tolist() + ["violin piano drum flute"]
+    want = predict_logits(parent, tok, texts)
+    child, _, labels = build_classifier(cfg, ["delta"], round1.adapter_dir)
+    assert labels == [*OLD, "delta"]
+    got = _teacher_logits(child, tok, texts, cfg, round1.adapter_dir)
+    assert got is not None and tuple(got.shape) == (len(texts), 3)  # old labels only, not "delta"
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
+    assert _teacher_logits(child, tok, texts, cfg, None) is None  # a first round has no parent
+    assert _teacher_logits(child, tok, texts, replace(cfg, distill_weight=0.0), round1.adapter_dir) is None
+
+
+def test_distillation_loss_is_zero_at_the_teacher_and_grows_away_from_it(cfg: TrainConfig) -> None:
+    from tuneloop.train.trainer import _step
+
+    class Logits(torch.nn.Module):
+        def __init__(self, values: list[list[float]]) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(values))
+
+        def forward(self, x: torch.Tensor):  # type: ignore[no-untyped-def]
+            return type("Out", (), {"logits": self.w * x})()
+
+    values = [[2.0, 0.5, -1.0, 0.0], [0.1, 1.5, 0.3, 0.0]]
+    target = torch.tensor([0, 3])
+
+    def loss(teacher: torch.Tensor | None, weight: float) -> float:
+        model = Logits(values)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        batch = {"x": torch.ones(2, 4)}
+        return _step(model, batch, target, optimizer, teacher, replace(cfg, distill_weight=weight))
+
+    plain = loss(None, 1.0)
+    same = torch.tensor(values)[:, :3]  # the teacher knows the first 3 labels
+    assert loss(same, 1.0) == pytest.approx(plain, abs=1e-6)
+    moved = same.flip(dims=[1])
+    assert loss(moved, 1.0) > plain + 0.1
+    assert loss(moved, 2.0) - plain == pytest.approx(2 * (loss(moved, 1.0) - plain), rel=1e-5)
+
+
+def test_label_weights_give_every_label_present_the_same_total_weight() -> None:
+    from tuneloop.train.trainer import _label_weights
+
+    # 2 new labels x 28 rows, 3 old labels x 10 replayed rows, and a label with no rows this round.
+    y = np.array([0] * 10 + [1] * 10 + [2] * 10 + [3] * 28 + [4] * 28)
+    weights = _label_weights(y, 6, torch.device("cpu")).numpy()
+    per_label_total = weights[:5] * np.bincount(y)
+    np.testing.assert_allclose(per_label_total, len(y) / 5, rtol=1e-6)  # 17.2 rows' worth each
+    assert weights[5] == 0.0
+    assert weights[0] == pytest.approx(86 / (5 * 10)) and weights[3] == pytest.approx(86 / (5 * 28))
+    # Equal counts: every row weighs 1, so the loss is plain cross-entropy.
+    np.testing.assert_allclose(_label_weights(np.array([0, 1, 2, 0, 1, 2]), 3, torch.device("cpu")), 1.0)
+
+
 def test_pooler_is_trained_and_saved(tiny: Path, cfg: TrainConfig, round1) -> None:  # type: ignore[no-untyped-def]
     saved = adapter_tensors(round1.adapter_dir)
     base = load_file(str(tiny / "model.safetensors"))

@@ -127,6 +127,19 @@ class Settings(BaseSettings):
     replay_fraction: float = Field(
         0.3, ge=0, le=1, description="Replayed earlier rows as a share of the new rows."
     )
+    replay_per_label: int = Field(
+        15, ge=0, description="Replayed earlier rows per old label, at least (benchmarks/continual.py)."
+    )
+    distill_weight: float = Field(
+        0.0, ge=0, description="Distillation from the champion's logits on a continued round; 0 = off."
+    )
+    distill_temperature: float = Field(2.0, gt=0, description="Temperature of the distillation loss.")
+    balance_labels: bool = Field(
+        True, description="Weight the loss so every label counts the same, whatever its row count."
+    )
+    continue_lr_scale: float = Field(
+        1.0, gt=0, le=1, description="A continued round's learning rate, as a share of learning_rate."
+    )
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda'.")
     int8_preset: str = Field(
         "cpu",

@@ -59,6 +59,11 @@ def train_config(settings: Settings, **overrides: Any) -> TrainConfig:
         "seed": settings.seed,
         "device": settings.device,
         "replay_fraction": settings.replay_fraction,
+        "replay_per_label": settings.replay_per_label,
+        "distill_weight": settings.distill_weight,
+        "distill_temperature": settings.distill_temperature,
+        "balance_labels": settings.balance_labels,
+        "continue_lr_scale": settings.continue_lr_scale,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(values)

@@ -101,7 +101,9 @@ def load_round_data(settings: Settings, plan: SnapshotPlan, cfg: TrainConfig) ->
     history = _concat(folder, plan.seen, "train")
     # select_replay covers every label in history (at least one row each), so no old label goes
     # unrehearsed however small the new data is.
-    replay = select_replay(history, len(new_train), cfg.replay_fraction, cfg.seed)
+    replay = select_replay(
+        history, len(new_train), cfg.replay_fraction, cfg.seed, per_label=cfg.replay_per_label
+    )
     # Early stopping must see the old labels too: scored on the new eval split alone (a drift batch
     # may hold one new intent), the best epoch is the one that forgets most. A fraction of 1.0 with
     # label cover: as many old eval rows as new ones, at least one per old label.

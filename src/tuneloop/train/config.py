@@ -52,6 +52,37 @@ class TrainConfig:
     replay_fraction: float = field(
         default=0.3, metadata={"help": "Replayed earlier rows, as a share of this round's new rows."}
     )
+    replay_per_label: int = field(
+        default=15,
+        metadata={
+            "help": "Replayed earlier rows per old label, at least (all of a label's rows where it has "
+            "fewer). The budget is the larger of this and replay_fraction; 0 and 0 turn replay off."
+        },
+    )
+    distill_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the distillation loss on a continued round (Learning without Forgetting): "
+            "KL divergence from the parent's softened old-label logits, on every training row. 0 = off."
+        },
+    )
+    distill_temperature: float = field(
+        default=2.0, metadata={"help": "Softmax temperature of the distillation loss."}
+    )
+    balance_labels: bool = field(
+        default=True,
+        metadata={
+            "help": "Weight the cross-entropy so every label of the round counts the same, whatever its "
+            "row count: a continued round holds many rows of each new label and a few replayed rows of "
+            "each old one, and unweighted it learns to predict the new labels for old labels' texts."
+        },
+    )
+    continue_lr_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "Learning rate of a continued round (one with a parent), as a share of learning_rate."
+        },
+    )
 
     def __post_init__(self) -> None:
         # A list from JSON or YAML becomes a tuple, so the config stays hashable and comparable.
@@ -71,6 +102,10 @@ class TrainConfig:
                 (self.patience < 1, "patience must be >= 1"),
                 (self.device not in DEVICES, f"device must be one of {DEVICES}"),
                 (not 0 <= self.replay_fraction <= 1, "replay_fraction must be in [0, 1]"),
+                (self.replay_per_label < 0, "replay_per_label must be >= 0"),
+                (self.distill_weight < 0, "distill_weight must be >= 0"),
+                (self.distill_temperature <= 0, "distill_temperature must be > 0"),
+                (not 0 < self.continue_lr_scale <= 1, "continue_lr_scale must be in (0, 1]"),
             )
             if bad
         ]

@@ -117,9 +117,13 @@ def train_round(
     texts = train_df["text"].astype(str).tolist()
     eval_texts = eval_df["text"].astype(str).tolist()
     model.to(device)
+    # Before any step (and before a checkpoint is loaded) the model is the parent on its old labels.
+    teacher = _teacher_logits(model, tokenizer, texts, cfg, parent_adapter)
+    class_weight = _label_weights(y_train, len(final), device) if cfg.balance_labels else None
+    peak_lr = cfg.learning_rate * (cfg.continue_lr_scale if parent_adapter else 1.0)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=WEIGHT_DECAY)
+    optimizer = torch.optim.AdamW(params, lr=peak_lr, weight_decay=WEIGHT_DECAY)
     # e.g. 1,232 rows / 32 = 39 steps an epoch x 8 epochs = 312 steps, 19 of them warm-up.
     per_epoch = math.ceil(len(texts) / cfg.batch_size)
     total = per_epoch * cfg.epochs
@@ -128,7 +132,7 @@ def train_round(
     def lr_at(step: int) -> float:
         # `step` counts finished steps, so the first step already runs at lr / warmup, not at 0.
         scale = (step + 1) / warmup if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
-        return cfg.learning_rate * scale
+        return peak_lr * scale
 
     fingerprint = _fingerprint(cfg, final, parent_adapter, texts, y_train, eval_texts, y_eval)
     ckpt_root = out_dir / "checkpoints"
@@ -160,7 +164,9 @@ def train_round(
                     max_length=cfg.max_length,
                     return_tensors="pt",
                 ).to(device)
-                losses.append(_step(model, batch, torch.as_tensor(y_train[rows], device=device), optimizer))
+                target = torch.as_tensor(y_train[rows], device=device)
+                soft = None if teacher is None else teacher[rows].to(device)
+                losses.append(_step(model, batch, target, optimizer, soft, cfg, class_weight))
                 state.step += 1
                 bar.update(task, advance=1, loss=float(np.mean(losses[-10:])))
             step_seconds = (time.perf_counter() - tick) / len(batches)
@@ -209,9 +215,66 @@ def train_round(
     )
 
 
-def _step(model: Any, batch: Any, target: torch.Tensor, optimizer: torch.optim.Optimizer) -> float:
-    """One optimizer step on one batch; returns the batch loss."""
-    loss = F.cross_entropy(model(**batch).logits.float(), target)
+def _teacher_logits(
+    model: Any, tokenizer: Any, texts: list[str], cfg: TrainConfig, parent: Path | None
+) -> torch.Tensor | None:
+    """The parent's logits over its own labels for every training row, or None (no parent, or off).
+
+    Learning without Forgetting (Li & Hoiem, 2016): a continued round also matches the parent's
+    softened scores over the old labels, on new and replayed rows alike. Replay keeps a few rows per
+    old label; the parent's scores carry what it knew about all of them on every row, for one
+    inference pass (about a third of one epoch's cost). The model is the parent here: `build_classifier`
+    copied its weights, and the old labels' head rows come first (`merge_labels`).
+    """
+    if parent is None or cfg.distill_weight == 0:
+        return None
+    from tuneloop.train.model import read_labels
+
+    old = len(read_labels(parent))
+    logits = predict_logits(model, tokenizer, texts, max_length=cfg.max_length)
+    return torch.from_numpy(logits[:, :old].copy())
+
+
+def _label_weights(y: np.ndarray, n_labels: int, device: torch.device) -> torch.Tensor:
+    """Cross-entropy weight per label: n_rows / (n_labels present x rows of the label); 0 if absent.
+
+    Every label present then carries the same total weight. BANKING77 round 2 (issue 14): 10 new
+    labels x 28 rows and 30 old labels x 10 replayed rows = 580 rows; a new label's row weighs
+    580 / (40 x 28) = 0.52, an old one's 580 / (40 x 10) = 1.45. Unweighted, the new labels held
+    280 / 580 = 48% of the loss for 25% of the labels, and the round answered new labels for old
+    labels' texts. Equal counts (a first round) give every row weight 1: plain cross-entropy.
+    """
+    counts = np.bincount(y, minlength=n_labels).astype(np.float64)
+    present = counts > 0
+    weights = np.zeros(n_labels)
+    weights[present] = len(y) / (present.sum() * counts[present])
+    return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
+def _step(
+    model: Any,
+    batch: Any,
+    target: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    teacher: torch.Tensor | None = None,
+    cfg: TrainConfig | None = None,
+    class_weight: torch.Tensor | None = None,
+) -> float:
+    """One optimizer step on one batch; returns the batch loss (cross-entropy, plus distillation)."""
+    logits = model(**batch).logits.float()
+    # "sum / rows" rather than PyTorch's weighted mean (which divides by the batch's total weight):
+    # a batch that happens to hold many rows of one label keeps that label's share small.
+    if class_weight is None:
+        loss = F.cross_entropy(logits, target)
+    else:
+        loss = F.cross_entropy(logits, target, weight=class_weight, reduction="sum") / len(target)
+    if teacher is not None and cfg is not None:
+        # KL(teacher || student) over the old labels at temperature T, scaled by T^2 so its gradients
+        # keep the size of the cross-entropy's as T changes (Hinton et al., 2015).
+        t = cfg.distill_temperature
+        student = F.log_softmax(logits[:, : teacher.shape[1]] / t, dim=-1)
+        kd = F.kl_div(student, F.log_softmax(teacher / t, dim=-1), log_target=True, reduction="batchmean")
+        loss = loss + cfg.distill_weight * t * t * kd
     loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)

@@ -1,0 +1,74 @@
+"""Class-incremental rounds through the loop's own steps on the tiny random BERT (issue 14).
+
+Round 1 learns alpha, beta and gamma and is promoted. A snapshot then brings a new intent (delta) and
+nothing else, the class-incremental case that BANKING77 showed stalling the loop. From that one
+champion and snapshot, two rounds are trained that differ only in their config (so in their round
+key): one with the defaults (replay of `replay_per_label` rows per old intent, a loss that weighs
+every label the same) must learn delta and pass every gate; one without replay sees only delta rows,
+forgets the old intents and must be refused, with the forgetting named in its reasons.
+benchmarks/continual.py measures the same on BANKING77 with the real model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tuneloop.config import PROJECT_ROOT, Settings, load_settings
+from tuneloop.registry.store import Registry
+from tuneloop.steps.ingest import ingest_step
+from tuneloop.steps.release import approve_step, promote_step
+from tuneloop.steps.round import train_step
+from tuneloop.testing import TINY_TRAIN_SETTINGS, keyword_sentences
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Path]:
+    from tuneloop.testing import make_tiny_bert
+
+    root = tmp_path_factory.mktemp("continual")
+    tiny = make_tiny_bert(root / "tiny", hidden_size=128)
+    settings = load_settings(
+        home=root / "home",
+        base_model=str(tiny),
+        epochs=8,
+        **TINY_TRAIN_SETTINGS,
+        policy_path=PROJECT_ROOT / "registry" / "policy.yaml",
+    )
+    path = root / "base.csv"
+    keyword_sentences(["alpha", "beta", "gamma"], 40, seed=0).to_csv(path, index=False)
+    ingest_step(settings, [path])
+    first = train_step(settings, progress=False)
+    assert first["gate"]["passed"], first["gate"]["reasons"]
+    approve_step(settings, first["version"], by="ops")
+    Registry(settings).set_tags(first["version"], {"conversion": "passed"})  # conversion: test_convert_step
+    promote_step(settings, first["version"], reason="round 1", by="ops")
+    path = root / "new-intent.csv"
+    keyword_sentences(["delta"], 40, seed=5).to_csv(path, index=False)
+    ingest_step(settings, [path])
+    return settings, root
+
+
+def test_round_with_per_label_replay_learns_the_new_intent_and_passes(world) -> None:  # type: ignore[no-untyped-def]
+    settings, _ = world
+    result = train_step(settings, progress=False)
+    assert result["parent_version"] == "1"
+    assert result["gate"]["passed"], result["gate"]["reasons"]
+    assert result["metrics"]["new"]["macro_f1"] >= 0.9  # delta learned
+    assert result["metrics"]["golden"]["macro_f1"] >= 0.9  # alpha, beta, gamma kept
+    info = Registry(settings).get_version(result["version"])
+    # 3 old intents x replay_per_label rows (15 by default; each has about 29 train rows to draw from).
+    assert int(info.tags["replay_rows"]) == 3 * settings.replay_per_label
+
+
+def test_round_without_replay_forgets_and_is_refused(world) -> None:  # type: ignore[no-untyped-def]
+    settings, _ = world
+    result = train_step(settings, progress=False, replay_fraction=0.0, replay_per_label=0, distill_weight=0.0)
+    assert result["parent_version"] == "1"
+    assert result["gate"]["passed"] is False
+    reasons = " ".join(result["gate"]["reasons"])
+    assert "golden" in reasons, reasons
+    info = Registry(settings).get_version(result["version"])
+    assert info.tags["replay_rows"] == "0" and info.tags["gate"] == "failed"
+    assert Registry(settings).alias("champion").version == "1"
