@@ -85,6 +85,22 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=40, help="training rows per intent")
     parser.add_argument("--epochs", type=int, default=None, help="default: the settings' epochs")
     parser.add_argument("--no-joint", action="store_true", help="skip the joint trainings")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a TrainConfig override for the loop's rounds, e.g. --set distill_weight=0 (repeatable; "
+        "the joint trainings keep the settings' config, so their cache stays valid)",
+    )
+    parser.add_argument(
+        "--joint-cache",
+        type=Path,
+        default=REPO / ".tuneloop" / "bench" / "joint-cache",
+        help="folder of joint results, keyed by a hash of their rows and config: a joint training "
+        "depends on neither the loop nor its overrides, so reruns reuse it (delete to retrain)",
+    )
     args = parser.parse_args()
     if args.quick:
         # The settings' epochs (8, early stopping after `patience`): with 1-2 epochs round 1 is
@@ -166,10 +182,54 @@ class VersionScorer:
             self.cache[version] = (dict(zip(texts, pred, strict=True)), set(labels))
         return self.cache[version]
 
+    def share_predicted_as(self, version: str, intents: list[str], others: list[str]) -> float:
+        """Share of the test rows of `intents` that the version predicts as one of `others`.
+
+        For old intents and this round's new ones: the bias towards new labels that a round trained on
+        many new rows and few replayed ones picks up (train/trainer.py, `_label_weights`)."""
+        rows = self.test[self.test["label"].isin(intents)]
+        pred, _ = self.predictions(version)
+        wanted = set(others)
+        return round(float(np.mean([pred[t] in wanted for t in rows["text"]])), 4)
+
     def score(self, version: str, intents: list[str]) -> dict[str, float | None]:
         rows = self.test[self.test["label"].isin(intents)]
         pred, _ = self.predictions(version)
         return scores(rows["label"].tolist(), [pred[t] for t in rows["text"]])
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """KEY=VALUE strings -> TrainConfig overrides, each value parsed as YAML (0.5, 8, [query, value])."""
+    import yaml
+
+    from tuneloop.train.config import TrainConfig
+
+    known = set(TrainConfig.help())
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in known:
+            sys.exit(f"--set {pair!r}: expected KEY=VALUE with KEY one of {sorted(known)}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def joint_cached(
+    seen: pd.DataFrame, test: pd.DataFrame, cfg: Any, seed: int, out: Path, cache: Path
+) -> dict[str, Any]:
+    """`joint_round`, or its stored result for the same rows, config and seed."""
+    import hashlib
+
+    payload = json.dumps(
+        [sorted(zip(seen["text"], seen["label"], strict=True)), cfg.to_dict(), seed, len(test)]
+    )
+    path = cache / f"{hashlib.sha256(payload.encode()).hexdigest()[:16]}.json"
+    if path.is_file():
+        return json.loads(path.read_text()) | {"cached": True}
+    result = joint_round(seen, test, cfg, seed, out)
+    cache.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result))
+    return result
 
 
 def joint_round(seen: pd.DataFrame, test: pd.DataFrame, cfg: Any, seed: int, out: Path) -> dict[str, Any]:
@@ -249,6 +309,7 @@ def run_round(
         **scorer.score(version, seen),
         "old_accuracy": scorer.score(version, old)["accuracy"] if old else None,
         "new_accuracy": scorer.score(version, new)["accuracy"],
+        "old_as_new": scorer.share_predicted_as(version, old, new) if old else None,
         "forgetting_points": None,
         "convert_seconds": None,
         "outcome": "refused",
@@ -313,13 +374,14 @@ def fmt(value: Any, spec: str = ".3f") -> str:
 def print_table(rounds: list[dict[str, Any]]) -> None:
     print(
         f"{'round':>5} {'intents':>7} {'gate':>8} {'acc':>6} {'F1':>6} {'old':>6} {'new':>6} "
-        f"{'forget':>7} {'champ':>6} {'joint':>6} {'train s':>8} {'conv s':>7} {'replay':>6}"
+        f"{'forget':>7} {'old>new':>7} {'champ':>6} {'joint':>6} {'train s':>8} {'conv s':>7} {'replay':>6}"
     )
     for r in rounds:
         print(
             f"{r['round']:>5} {r['intents']:>7} {r['gate']:>8} {fmt(r['accuracy']):>6} "
             f"{fmt(r['macro_f1']):>6} {fmt(r['old_accuracy']):>6} {fmt(r['new_accuracy']):>6} "
-            f"{fmt(r['forgetting_points'], '.1f'):>7} {fmt(r['champion_accuracy']):>6} "
+            f"{fmt(r['forgetting_points'], '.1f'):>7} {fmt(r['old_as_new']):>7} "
+            f"{fmt(r['champion_accuracy']):>6} "
             f"{fmt(r.get('joint', {}).get('accuracy')):>6} {fmt(r['train_seconds'], '.0f'):>8} "
             f"{fmt(r['convert_seconds'], '.0f'):>7} {r['replay_rows']:>6}"
         )
@@ -354,8 +416,9 @@ def main() -> None:
 
     settings = load_settings(home=work, policy_path=policy)
     mlflow.set_tracking_uri(settings.resolved_tracking_uri)
-    overrides: dict[str, Any] = {"epochs": args.epochs} if args.epochs else {}
-    cfg = train_config(settings, **overrides)
+    joint_overrides: dict[str, Any] = {"epochs": args.epochs} if args.epochs else {}
+    overrides = joint_overrides | parse_overrides(args.overrides)
+    cfg = train_config(settings, **joint_overrides)
     order, rows, test = load_data(args.data, args.rows, args.seed)
     sizes = round_sizes(args.first, args.step, args.total)
     scorer = VersionScorer(settings, test, cfg.max_length, work / "bench" / "versions")
@@ -366,19 +429,29 @@ def main() -> None:
         new = order[len(old) : size]
         print(f"round {index}: {len(old)} old + {len(new)} new intents", file=sys.stderr, flush=True)
         row = run_round(settings, index, new, old, rows, scorer, overrides)
-        if not args.no_joint:
-            seen_rows = rows[rows["label"].isin(old + new)]
-            row["joint"] = joint_round(seen_rows, test, cfg, args.seed, work / "bench" / f"joint-{index:02d}")
         rounds.append(row)
         print(
             f"round {index}: v{row['version']} gate {row['gate']}, accuracy {fmt(row['accuracy'])}, "
-            f"joint {fmt(row.get('joint', {}).get('accuracy'))}, {row['outcome']}",
+            f"forgetting {fmt(row['forgetting_points'], '.1f')} points, train {row['train_seconds']} s, "
+            f"{row['outcome']}",
+            file=sys.stderr,
+            flush=True,
+        )
+    # Joint trainings after every loop round: they do not depend on the loop, so the loop's train
+    # seconds are measured back to back on a machine doing nothing else.
+    for index, row in enumerate(rounds if not args.no_joint else [], start=1):
+        seen_rows = rows[rows["label"].isin(order[: row["intents"]])]
+        out = work / "bench" / f"joint-{index:02d}"
+        row["joint"] = joint_cached(seen_rows, test, cfg, args.seed, out, args.joint_cache)
+        print(
+            f"joint {index}: {row['intents']} intents, accuracy {fmt(row['joint']['accuracy'])}",
             file=sys.stderr,
             flush=True,
         )
 
     print_table(rounds)
-    print(save_plot(rounds, work / "continual.png"))
+    plot = work / "continual.png"
+    print(save_plot(rounds, plot))
     last = rounds[-1]
     joint_accuracy = last.get("joint", {}).get("accuracy")
     forgetting = [r["forgetting_points"] for r in rounds if r["forgetting_points"] is not None]
@@ -402,9 +475,45 @@ def main() -> None:
         "convert_seconds": [r["convert_seconds"] for r in rounds],
         "work": str(work),
         "wall_seconds": round(time.perf_counter() - started, 1),
+        "overrides": overrides,
         "rounds": rounds,
     }
+    summary["mlflow_run_id"] = log_to_mlflow(settings, summary, plot)
     print(json.dumps(summary, default=str))
+
+
+def log_to_mlflow(settings: Any, summary: dict[str, Any], plot: Path) -> str:
+    """One run in the work store's `benchmarks` experiment: per-round curves, the plot, the JSON."""
+    import mlflow
+
+    from tuneloop.registry.store import Registry
+
+    experiment = Registry(settings).experiment_id("benchmarks")
+    with mlflow.start_run(experiment_id=experiment, run_name="continual") as run:
+        mlflow.log_params(
+            {
+                "round_sizes": summary["round_sizes"],
+                "rows_per_intent": summary["rows_per_intent"],
+                "seed": summary["seed"],
+                "overrides": json.dumps(summary["overrides"]) or "{}",
+            }
+        )
+        for r in summary["rounds"]:
+            values = {
+                "accuracy": r["accuracy"],
+                "champion_accuracy": r["champion_accuracy"],
+                "joint_accuracy": r.get("joint", {}).get("accuracy"),
+                "forgetting_points": r["forgetting_points"],
+                "train_seconds": r["train_seconds"],
+                "refused": float(r["gate"] == "refused"),
+            }
+            mlflow.log_metrics({k: float(v) for k, v in values.items() if v is not None}, step=r["intents"])
+        finals = ("final_accuracy", "joint_accuracy", "gap_points", "rounds_refused", "max_forgetting_points")
+        mlflow.log_metrics({k: float(summary[k]) for k in finals if summary[k] is not None})
+        if plot.is_file():
+            mlflow.log_artifact(str(plot), "plots")
+        mlflow.log_dict(summary, "continual.json")
+        return str(run.info.run_id)
 
 
 if __name__ == "__main__":
