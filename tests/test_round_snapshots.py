@@ -120,11 +120,14 @@ def test_every_snapshot_cut_after_the_champion_is_trained_and_every_label_replay
     manifest = json.loads((folder / "replay_manifest.json").read_text())
     assert manifest["trained_snapshots"] == ["snap-0003", "snap-0004"]
     assert manifest["history_snapshots"] == ["snap-0001", "snap-0002"]
-    # 0.3 x ~10 new rows would replay 3 rows; every one of the 20 known labels gets one.
-    assert set(manifest["per_label"]) == set(LABELS) and manifest["count"] == 20
-    assert {row["snapshot"] for row in manifest["rows"]} <= {"snap-0001", "snap-0002"}
+    # 0.3 x ~10 new rows would replay 3 rows; replay_per_label (15) asks for more rows of each of
+    # the 20 known labels than the history holds (7-8 train rows each), so all of it is replayed.
+    history = train_rows(settings, "snap-0001") + train_rows(settings, "snap-0002")
+    assert settings.replay_per_label * len(LABELS) > history
+    assert set(manifest["per_label"]) == set(LABELS) and manifest["count"] == history
+    assert {row["snapshot"] for row in manifest["rows"]} == {"snap-0001", "snap-0002"}
     params = MlflowClient(settings.resolved_tracking_uri).get_run(round2["run_id"]).data.params
-    assert int(params["train_rows"]) == new_rows + 20
+    assert int(params["train_rows"]) == new_rows + history
     assert params["data_snapshots"] == "snap-0003,snap-0004"
 
 
