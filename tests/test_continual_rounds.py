@@ -15,27 +15,20 @@ from pathlib import Path
 
 import pytest
 
-from tuneloop.config import PROJECT_ROOT, Settings, load_settings
+from tuneloop.config import Settings
 from tuneloop.registry.store import Registry
 from tuneloop.steps.ingest import ingest_step
 from tuneloop.steps.release import approve_step, promote_step
 from tuneloop.steps.round import train_step
-from tuneloop.testing import TINY_TRAIN_SETTINGS, keyword_sentences
+from tuneloop.testing import keyword_sentences
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Path]:
-    from tuneloop.testing import make_tiny_bert
+    from tuneloop.testing import tiny_loop_settings
 
     root = tmp_path_factory.mktemp("continual")
-    tiny = make_tiny_bert(root / "tiny", hidden_size=128)
-    settings = load_settings(
-        home=root / "home",
-        base_model=str(tiny),
-        epochs=8,
-        **TINY_TRAIN_SETTINGS,
-        policy_path=PROJECT_ROOT / "registry" / "policy.yaml",
-    )
+    settings = tiny_loop_settings(root)
     path = root / "base.csv"
     keyword_sentences(["alpha", "beta", "gamma"], 40, seed=0).to_csv(path, index=False)
     ingest_step(settings, [path])

@@ -17,32 +17,24 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tuneloop.config import PROJECT_ROOT, Settings, load_settings
+from tuneloop.config import Settings
 from tuneloop.registry.store import Registry, RegistryError
 from tuneloop.steps.evaluate import evaluate_step
 from tuneloop.steps.ingest import ingest_step
 from tuneloop.steps.release import approve_step, promote_step
 from tuneloop.steps.round import train_step
-from tuneloop.testing import TINY_TRAIN_SETTINGS, keyword_sentences
+from tuneloop.testing import keyword_sentences
 
 sentences = keyword_sentences
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Path]:
-    from tuneloop.testing import make_tiny_bert
+    from tuneloop.testing import tiny_loop_settings
 
     root = tmp_path_factory.mktemp("round")
-    tiny = make_tiny_bert(root / "tiny", hidden_size=128)
-    settings = load_settings(
-        home=root / "home",
-        base_model=str(tiny),
-        epochs=8,
-        **TINY_TRAIN_SETTINGS,
-        # Replay as many old rows as new ones: the tiny encoder forgets faster than MiniLM.
-        replay_fraction=1.0,
-        policy_path=PROJECT_ROOT / "registry" / "policy.yaml",
-    )
+    # Replay as many old rows as new ones: the tiny encoder forgets faster than MiniLM.
+    settings = tiny_loop_settings(root, replay_fraction=1.0)
     return settings, root
 
 

@@ -81,3 +81,19 @@ def keyword_sentences(labels: list[str], per_label: int, seed: int, length: int 
         for _ in range(per_label)
     ]
     return pd.DataFrame(rows)
+
+
+def tiny_loop_settings(root: Path, **overrides: Any) -> Any:
+    """Settings for whole rounds on a hidden-128 tiny BERT made under `root`, with the shipped policy.
+
+    The home is `root/home`; 8 epochs and TINY_TRAIN_SETTINGS, then `overrides`.
+    """
+    from tuneloop.config import PROJECT_ROOT, load_settings
+
+    tiny = make_tiny_bert(root / "tiny", hidden_size=128)
+    values: dict[str, Any] = {
+        "epochs": 8,
+        **TINY_TRAIN_SETTINGS,
+        "policy_path": PROJECT_ROOT / "registry" / "policy.yaml",
+    }
+    return load_settings(home=root / "home", base_model=str(tiny), **(values | overrides))
