@@ -137,9 +137,6 @@ class Settings(BaseSettings):
     balance_labels: bool = Field(
         True, description="Weight the loss so every label counts the same, whatever its row count."
     )
-    continue_lr_scale: float = Field(
-        1.0, gt=0, le=1, description="A continued round's learning rate, as a share of learning_rate."
-    )
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda'.")
     int8_preset: str = Field(
         "cpu",

@@ -63,7 +63,6 @@ def train_config(settings: Settings, **overrides: Any) -> TrainConfig:
         "distill_weight": settings.distill_weight,
         "distill_temperature": settings.distill_temperature,
         "balance_labels": settings.balance_labels,
-        "continue_lr_scale": settings.continue_lr_scale,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(values)

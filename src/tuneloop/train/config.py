@@ -77,12 +77,6 @@ class TrainConfig:
             "each old one, and unweighted it learns to predict the new labels for old labels' texts."
         },
     )
-    continue_lr_scale: float = field(
-        default=1.0,
-        metadata={
-            "help": "Learning rate of a continued round (one with a parent), as a share of learning_rate."
-        },
-    )
 
     def __post_init__(self) -> None:
         # A list from JSON or YAML becomes a tuple, so the config stays hashable and comparable.
@@ -105,7 +99,6 @@ class TrainConfig:
                 (self.replay_per_label < 0, "replay_per_label must be >= 0"),
                 (self.distill_weight < 0, "distill_weight must be >= 0"),
                 (self.distill_temperature <= 0, "distill_temperature must be > 0"),
-                (not 0 < self.continue_lr_scale <= 1, "continue_lr_scale must be in (0, 1]"),
             )
             if bad
         ]

@@ -120,10 +120,9 @@ def train_round(
     # Before any step (and before a checkpoint is loaded) the model is the parent on its old labels.
     teacher = _teacher_logits(model, tokenizer, texts, cfg, parent_adapter)
     class_weight = _label_weights(y_train, len(final), device) if cfg.balance_labels else None
-    peak_lr = cfg.learning_rate * (cfg.continue_lr_scale if parent_adapter else 1.0)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=peak_lr, weight_decay=WEIGHT_DECAY)
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=WEIGHT_DECAY)
     # e.g. 1,232 rows / 32 = 39 steps an epoch x 8 epochs = 312 steps, 19 of them warm-up.
     per_epoch = math.ceil(len(texts) / cfg.batch_size)
     total = per_epoch * cfg.epochs
@@ -132,7 +131,7 @@ def train_round(
     def lr_at(step: int) -> float:
         # `step` counts finished steps, so the first step already runs at lr / warmup, not at 0.
         scale = (step + 1) / warmup if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
-        return peak_lr * scale
+        return cfg.learning_rate * scale
 
     fingerprint = _fingerprint(cfg, final, parent_adapter, texts, y_train, eval_texts, y_eval)
     ckpt_root = out_dir / "checkpoints"
@@ -239,9 +238,9 @@ def _label_weights(y: np.ndarray, n_labels: int, device: torch.device) -> torch.
     """Cross-entropy weight per label: n_rows / (n_labels present x rows of the label); 0 if absent.
 
     Every label present then carries the same total weight. BANKING77 round 2 (issue 14): 10 new
-    labels x 28 rows and 30 old labels x 10 replayed rows = 580 rows; a new label's row weighs
-    580 / (40 x 28) = 0.52, an old one's 580 / (40 x 10) = 1.45. Unweighted, the new labels held
-    280 / 580 = 48% of the loss for 25% of the labels, and the round answered new labels for old
+    labels x 28 rows and 30 old labels x 15 replayed rows = 730 rows; a new label's row weighs
+    730 / (40 x 28) = 0.65, an old one's 730 / (40 x 15) = 1.22. Unweighted, the new labels held
+    280 / 730 = 38% of the loss for 25% of the labels, and the round answered new labels for old
     labels' texts. Equal counts (a first round) give every row weight 1: plain cross-entropy.
     """
     counts = np.bincount(y, minlength=n_labels).astype(np.float64)
