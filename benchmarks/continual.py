@@ -109,6 +109,14 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def _epochs_run(run: Any) -> int | None:
+    """Epochs the round ran: the length of its per-epoch metric history (logged at step = epoch)."""
+    import mlflow
+
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "epoch.eval_macro_f1")
+    return max((m.step for m in history), default=None)
+
+
 def round_sizes(first: int, step: int, total: int) -> list[int]:
     sizes = [min(first, total)]
     while sizes[-1] < total:
@@ -304,6 +312,8 @@ def run_round(
         "loop_metrics": trained.get("metrics"),
         "train_seconds": round(float(train_seconds), 1) if train_seconds is not None else None,
         "train_step_wall_seconds": round(wall, 1),
+        "best_epoch": int(run.data.metrics["best_epoch"]) if run else None,
+        "epochs_run": _epochs_run(run) if run else None,
         "train_rows": int(run.data.params["train_rows"]) if run and "train_rows" in run.data.params else None,
         "replay_rows": int(info.tags.get("replay_rows", "0") or 0),
         **scorer.score(version, seen),
@@ -374,7 +384,8 @@ def fmt(value: Any, spec: str = ".3f") -> str:
 def print_table(rounds: list[dict[str, Any]]) -> None:
     print(
         f"{'round':>5} {'intents':>7} {'gate':>8} {'acc':>6} {'F1':>6} {'old':>6} {'new':>6} "
-        f"{'forget':>7} {'old>new':>7} {'champ':>6} {'joint':>6} {'train s':>8} {'conv s':>7} {'replay':>6}"
+        f"{'forget':>7} {'old>new':>7} {'champ':>6} {'joint':>6} {'train s':>8} {'epochs':>6} "
+        f"{'conv s':>7} {'replay':>6}"
     )
     for r in rounds:
         print(
@@ -383,6 +394,7 @@ def print_table(rounds: list[dict[str, Any]]) -> None:
             f"{fmt(r['forgetting_points'], '.1f'):>7} {fmt(r['old_as_new']):>7} "
             f"{fmt(r['champion_accuracy']):>6} "
             f"{fmt(r.get('joint', {}).get('accuracy')):>6} {fmt(r['train_seconds'], '.0f'):>8} "
+            f"{fmt(r.get('best_epoch'), 'd') + '/' + fmt(r.get('epochs_run'), 'd'):>6} "
             f"{fmt(r['convert_seconds'], '.0f'):>7} {r['replay_rows']:>6}"
         )
         for reason in r["reasons"]:

@@ -131,6 +131,27 @@ def test_every_snapshot_cut_after_the_champion_is_trained_and_every_label_replay
     assert params["data_snapshots"] == "snap-0003,snap-0004"
 
 
+def test_early_stopping_sees_every_eval_row_of_every_old_label(world, round2):
+    # Before: as many old eval rows as new ones (at least one per label), so with 20 old labels and
+    # a few new rows each old label had one row, and one row moved macro-F1 by up to 1/20.
+    from tuneloop.steps.round import train_config
+    from tuneloop.steps.round_data import load_round_data, plan_round
+
+    settings, _ = world
+    data = load_round_data(
+        settings, plan_round(settings.snapshots_dir, "snap-0004", "snap-0002"), train_config(settings)
+    )
+    old_eval = pd.concat(
+        [snap.load_split(settings.snapshots_dir, s, "eval") for s in ("snap-0001", "snap-0002")]
+    )
+    new_eval = pd.concat(
+        [snap.load_split(settings.snapshots_dir, s, "eval") for s in ("snap-0003", "snap-0004")]
+    )
+    assert len(old_eval) >= 2 * len(LABELS) > len(new_eval)  # 2 eval rows per base label
+    assert len(data.stop_eval) == len(old_eval) + len(new_eval)
+    assert sorted(data.stop_eval["text"]) == sorted([*old_eval["text"], *new_eval["text"]])
+
+
 def test_challenger_never_moves_back_nor_to_a_rejected_version(world, round2):
     settings, _ = world
     registry = Registry(settings)

@@ -234,6 +234,22 @@ def test_label_weights_give_every_label_present_the_same_total_weight() -> None:
     np.testing.assert_allclose(_label_weights(np.array([0, 1, 2, 0, 1, 2]), 3, torch.device("cpu")), 1.0)
 
 
+def test_a_continued_round_runs_at_most_continued_epochs_and_a_first_round_epochs(
+    cfg: TrainConfig,
+    round1,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    from tuneloop.train.trainer import round_epochs
+
+    short = replace(cfg, continued_epochs=2)  # patience 10: nothing stops early
+    assert round_epochs(short, continued=False) == 4 and round_epochs(short, continued=True) == 2
+    assert round_epochs(replace(cfg, continued_epochs=9), continued=True) == 4  # capped by epochs
+    assert round1.epochs_run == 4
+    child = train_round(TRAIN, EVAL, OLD, tmp_path, short, round1.adapter_dir, progress=False)
+    assert child.epochs_run == len(child.history) == 2
+    assert child.steps == 2 * -(-len(TRAIN) // cfg.batch_size)  # 2 epochs x 3 steps of 8 rows
+
+
 def test_pooler_is_trained_and_saved(tiny: Path, cfg: TrainConfig, round1) -> None:  # type: ignore[no-untyped-def]
     saved = adapter_tensors(round1.adapter_dir)
     base = load_file(str(tiny / "model.safetensors"))

@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     )
     learning_rate: float = Field(2e-3, gt=0, description="LoRA learning rate.")
     epochs: int = Field(8, ge=1, description="Maximum epochs per round.")
+    continued_epochs: int = Field(
+        6, ge=1, description="Maximum epochs of a round continued from the champion (at most epochs)."
+    )
     batch_size: int = Field(32, ge=1, description="Training batch size.")
     max_length: int = Field(64, ge=8, description="Tokens per text (longer is truncated).")
     patience: int = Field(2, ge=1, description="Epochs without eval improvement before stopping.")

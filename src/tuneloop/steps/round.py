@@ -53,6 +53,7 @@ def train_config(settings: Settings, **overrides: Any) -> TrainConfig:
         "modules_to_save": tuple(settings.lora_modules_to_save),
         "learning_rate": settings.learning_rate,
         "epochs": settings.epochs,
+        "continued_epochs": settings.continued_epochs,
         "batch_size": settings.batch_size,
         "max_length": settings.max_length,
         "patience": settings.patience,

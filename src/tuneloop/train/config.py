@@ -42,6 +42,15 @@ class TrainConfig:
     )
     learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate (AdamW)."})
     epochs: int = field(default=8, metadata={"help": "Most epochs in one round."})
+    continued_epochs: int = field(
+        default=6,
+        metadata={
+            "help": "Most epochs in a round that continues from a parent (capped by `epochs`); the "
+            "learning-rate schedule decays to 0 over them. A continued round starts from a trained "
+            "encoder and holds replayed rows for every old label, so it costs rows x epochs "
+            "(benchmarks/continual.py)."
+        },
+    )
     batch_size: int = field(default=32, metadata={"help": "Rows per optimizer step."})
     max_length: int = field(default=64, metadata={"help": "Tokens per text; longer texts are truncated."})
     patience: int = field(
@@ -91,6 +100,7 @@ class TrainConfig:
                 (not self.target_modules, "target_modules must name at least one module"),
                 (self.learning_rate <= 0, "learning_rate must be > 0"),
                 (self.epochs < 1, "epochs must be >= 1"),
+                (self.continued_epochs < 1, "continued_epochs must be >= 1"),
                 (self.batch_size < 1, "batch_size must be >= 1"),
                 (self.max_length < 8, "max_length must be >= 8"),
                 (self.patience < 1, "patience must be >= 1"),
