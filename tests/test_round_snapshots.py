@@ -152,6 +152,15 @@ def test_early_stopping_sees_every_eval_row_of_every_old_label(world, round2):
     assert sorted(data.stop_eval["text"]) == sorted([*old_eval["text"], *new_eval["text"]])
 
 
+def test_an_epochs_override_caps_first_and_continued_rounds_alike(world):
+    from tuneloop.steps.round import train_config
+
+    settings, _ = world
+    assert train_config(settings).continued_epochs == settings.continued_epochs == 6
+    assert train_config(settings, epochs=10).continued_epochs == 10  # `tuneloop train --epochs 10`
+    assert train_config(settings, epochs=10, continued_epochs=3).continued_epochs == 3
+
+
 def test_challenger_never_moves_back_nor_to_a_rejected_version(world, round2):
     settings, _ = world
     registry = Registry(settings)

@@ -23,7 +23,11 @@ def train(
         typer.Option(help="Base model: folder, 'package:<pkg>' or hub id (default from settings)."),
     ] = None,
     epochs: Annotated[
-        int | None, typer.Option(help="Most epochs this round (default from settings).")
+        int | None,
+        typer.Option(
+            help="Most epochs this round, first or continued (default: epochs, or continued_epochs for "
+            "a round that continues from the champion)."
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:

@@ -66,6 +66,9 @@ def train_config(settings: Settings, **overrides: Any) -> TrainConfig:
         "balance_labels": settings.balance_labels,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if overrides.get("epochs") is not None and overrides.get("continued_epochs") is None:
+        # `--epochs N` (CLI and flows) means "at most N epochs this round", continued or not.
+        values["continued_epochs"] = overrides["epochs"]
     return TrainConfig.from_dict(values)
 
 
