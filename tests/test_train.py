@@ -19,6 +19,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from tuneloop.train import (  # noqa: E402
     TrainConfig,
+    TrainResult,
     build_classifier,
     load_classifier,
     merge_adapter,
@@ -235,9 +236,7 @@ def test_label_weights_give_every_label_present_the_same_total_weight() -> None:
 
 
 def test_a_continued_round_runs_at_most_continued_epochs_and_a_first_round_epochs(
-    cfg: TrainConfig,
-    round1,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    cfg: TrainConfig, round1: TrainResult, tmp_path: Path
 ) -> None:
     from tuneloop.train.trainer import round_epochs
 

@@ -9,7 +9,10 @@ embedding table, versus 22.7 M, so a training step takes milliseconds.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tuneloop.config import Settings
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -83,7 +86,7 @@ def keyword_sentences(labels: list[str], per_label: int, seed: int, length: int 
     return pd.DataFrame(rows)
 
 
-def tiny_loop_settings(root: Path, **overrides: Any) -> Any:
+def tiny_loop_settings(root: Path, **overrides: Any) -> Settings:
     """Settings for whole rounds on a hidden-128 tiny BERT made under `root`, with the shipped policy.
 
     The home is `root/home`; 8 epochs and TINY_TRAIN_SETTINGS, then `overrides`.
