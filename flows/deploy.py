@@ -24,9 +24,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from flows.events import DATA_LANDED, DRIFT_DETECTED
+
 REPO = Path(__file__).resolve().parents[1]
-DATA_LANDED = "tuneloop.data.landed"
-DRIFT_DETECTED = "tuneloop.drift.detected"
 # (flow entrypoint, deployment name, schedule and other deployment options)
 DEPLOYMENTS: list[tuple[str, str, dict[str, Any]]] = [
     ("flows/ingest.py:ingest_flow", "landing-poll", {"interval": 15 * 60}),

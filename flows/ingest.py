@@ -17,6 +17,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.events import emit_event
 
+from flows.events import DATA_LANDED
 from tuneloop.config import load_settings
 from tuneloop.steps.ingest import ingest_step
 
@@ -33,7 +34,7 @@ def ingest_flow(paths: list[str] | None = None) -> dict[str, Any]:
     get_run_logger().info(result["message"])
     if result["snapshot"]:
         emit_event(
-            event="tuneloop.data.landed",
+            event=DATA_LANDED,
             resource={"prefect.resource.id": f"tuneloop.snapshot.{result['snapshot']}"},
             payload={"snapshot": result["snapshot"], "rows": result["accepted"]},
         )

@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.events import emit_event
 
 from flows.continual import SERVICE_URL
-from flows.deploy import DRIFT_DETECTED
+from flows.events import DRIFT_DETECTED
 from tuneloop.config import load_settings
 from tuneloop.steps.trigger_signals import decide_step
 
