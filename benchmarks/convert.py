@@ -168,7 +168,7 @@ class TorchRunner:
     def __init__(self, model_dir: Path) -> None:
         import torch
 
-        from tuneloop.convert.pipeline import load_torch_model
+        from tuneloop.convert.reference import load_torch_model
 
         self.torch = torch
         self.model = load_torch_model(model_dir)

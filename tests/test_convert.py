@@ -81,7 +81,7 @@ def converted(classifier_dir: Path, eval_sets, tmp_path_factory: pytest.TempPath
 
 
 def _torch_logits(model_dir: Path, texts: list[str]) -> np.ndarray:
-    from tuneloop.convert.pipeline import load_torch_model, torch_logits
+    from tuneloop.convert.reference import load_torch_model, torch_logits
     from tuneloop.convert.runtime import load_tokenizer
 
     return torch_logits(load_torch_model(model_dir), load_tokenizer(model_dir), texts)

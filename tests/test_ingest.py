@@ -18,7 +18,8 @@ import pytest
 
 from tuneloop.data import snapshot as snap
 from tuneloop.data.bundled import NEW_INTENT, write_bundled
-from tuneloop.data.ingest import IngestConfig, IngestError, IngestSummary, ingest, ledger_records
+from tuneloop.data.ingest import IngestConfig, IngestError, IngestSummary, ingest
+from tuneloop.data.ledger import ledger_records
 from tuneloop.data.validate import CleanRow
 from tuneloop.files import sha256_file as file_sha256
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from tuneloop.config import Settings
-from tuneloop.data.ingest import lineage_pending
+from tuneloop.data.ledger import lineage_pending
 from tuneloop.registry.store import Registry
 from tuneloop.steps.ingest import LineageError, ingest_config, ingest_step
 

@@ -3,8 +3,10 @@
 Modules (heavy libraries are imported inside functions, so importing this package is cheap):
 `export` (torch -> ONNX), `optimize` (ORT BERT fusions), `quantize` (static Q/DQ and dynamic INT8),
 `graph_edits` (per-row int8 embeddings, float residual paths), `tensorrt` (optional engine),
-`runtime` (checksum-verified ONNX Runtime classifier), `parity` (pure gates), `pipeline`
-(`convert_model`, idempotent and atomic), `files` (atomic writes, sha256).
+`runtime` (checksum-verified ONNX Runtime classifier), `parity` (pure gates), `reference` (the
+PyTorch and fp32 logits parity is judged against), `record` (conversion.json and when it is
+current), `settings` (what else changes the outputs), `pipeline` (`convert_model`, idempotent and
+atomic), `files` (atomic writes, sha256).
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ _EXPORTS = {
     "ParityReport": "parity",
     "ParityThresholds": "parity",
     "convert_model": "pipeline",
-    "ConversionSettings": "pipeline",
-    "ConversionResult": "pipeline",
+    "ConversionSettings": "settings",
+    "ConversionResult": "record",
 }
 
 __all__ = sorted(_EXPORTS)

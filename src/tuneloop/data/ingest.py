@@ -19,26 +19,38 @@ batch record in `ledger/` is written after it and rebuilt from the manifest if a
 the two. Files already ingested are recognised by content hash (ledger and manifests) and skipped.
 A committed snapshot's MLflow lineage is pending until `ledger/lineage/<snapshot>.json` records its
 run, so a commit with no lineage yet is pending by construction, with no window in which a kill
-could lose the fact (`lineage_pending`, `mark_lineage_logged`; `steps/ingest.py` logs them).
+could lose the fact (ledger.py: `lineage_pending`, `mark_lineage_logged`; `steps/ingest.py` logs
+them). What an ingest is told and reports is batch.py's.
 An exclusive lock on `<home>/ingest.lock` keeps two ingests from cutting snapshots at once.
 """
 
 from __future__ import annotations
 
-import fcntl
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
-
 from tuneloop.data import snapshot as snap
-from tuneloop.data.landing import Inputs, find_inputs
+from tuneloop.data.batch import (
+    FileQuarantine,
+    FileWaiting,
+    IngestConfig,
+    IngestError,
+    IngestSummary,
+    note_unread,
+    summary_message,
+)
+from tuneloop.data.landing import find_inputs
+from tuneloop.data.ledger import (
+    existing_keys,
+    ingest_lock,
+    known_file_hashes,
+    ledger_records,
+    recover_ledger,
+)
 from tuneloop.data.quarantine import (
     earlier_quarantine,
     keep_whole_file,
@@ -49,151 +61,7 @@ from tuneloop.data.quarantine import (
 from tuneloop.data.readers import read_file
 from tuneloop.data.validate import CleanRow, Rules, check_record
 
-
-@dataclass(frozen=True)
-class IngestConfig:
-    """What ingest needs to know; built from `Settings` by the CLI and flows."""
-
-    home: Path
-    text_column: str = "text"
-    label_column: str = "label"
-    max_text_chars: int = 2000
-    label_pattern: str = r"^[A-Za-z0-9][A-Za-z0-9_.:/?\- ]{0,63}$"
-    eval_fraction: float = 0.2
-    golden_per_label: int = 5
-    seed: int = 13
-    # A file found in a folder is read once unmodified for this long: a writer that writes in
-    # place (no rename) pauses between writes far less than 2 s, and a poll every minute or so
-    # loses at most one poll to the wait. Tests set 0.
-    settle_seconds: float = 2.0
-
-    @property
-    def snapshots_dir(self) -> Path:
-        return self.home / "snapshots"
-
-    @property
-    def quarantine_dir(self) -> Path:
-        return self.home / "quarantine"
-
-    @property
-    def ledger_dir(self) -> Path:
-        return self.home / "ledger"
-
-    @property
-    def landing_dir(self) -> Path:
-        return self.home / "landing"
-
-    @property
-    def lineage_dir(self) -> Path:
-        return self.ledger_dir / "lineage"
-
-
-class FileQuarantine(BaseModel):
-    path: str
-    reason: str
-    detail: str
-
-
-class FileWaiting(BaseModel):
-    path: str
-    detail: str = Field(description="why it was not read on this poll")
-
-
-class IngestSummary(BaseModel):
-    """What `tuneloop ingest --json` prints; also stored as the batch record in the ledger."""
-
-    batch: str
-    rows: int = 0
-    accepted: int = 0
-    duplicates: int = 0
-    quarantined: int = 0
-    snapshot: str | None = None
-    reasons: dict[str, int] = Field(default_factory=dict)
-    files: list[snap.SourceFile] = Field(default_factory=list)
-    skipped_files: list[str] = Field(default_factory=list, description="already ingested (same hash)")
-    files_quarantined: list[FileQuarantine] = Field(default_factory=list)
-    already_quarantined: list[FileQuarantine] = Field(
-        default_factory=list,
-        description="quarantined whole by an earlier batch (same hash): not copied again",
-    )
-    waiting: list[FileWaiting] = Field(
-        default_factory=list, description="still being written: left in place for a later poll"
-    )
-    quarantine_report: str | None = None
-    split: dict[str, int] = Field(default_factory=dict)
-    message: str = ""
-
-    @property
-    def balanced(self) -> bool:
-        return self.accepted + self.duplicates + self.quarantined == self.rows
-
-
-class IngestError(RuntimeError):
-    """Raised for problems with the request itself (no input given, a path that does not exist)."""
-
-
-@contextmanager
-def ingest_lock(home: Path) -> Iterator[None]:
-    home.mkdir(parents=True, exist_ok=True)
-    with (home / "ingest.lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def ledger_records(cfg: IngestConfig) -> list[dict[str, Any]]:
-    import json
-
-    if not cfg.ledger_dir.is_dir():
-        return []
-    records = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(cfg.ledger_dir.glob("batch-*.json"))]
-    return sorted(records, key=lambda r: r.get("batch", ""))
-
-
-def _recover_ledger(cfg: IngestConfig) -> None:
-    """Re-create batch records for snapshots whose ingest was killed after its commit point."""
-    recorded = {r.get("snapshot") for r in ledger_records(cfg)}
-    for sid in snap.snapshot_ids(cfg.snapshots_dir):
-        if sid not in recorded:
-            batch = snap.load_manifest(cfg.snapshots_dir, sid).batch
-            if batch.get("batch"):
-                snap.write_json_atomic(cfg.ledger_dir / f"{batch['batch']}.json", batch)
-
-
-def known_file_hashes(records: list[dict[str, Any]]) -> set[str]:
-    """Hashes of files already ingested (read, not quarantined whole) according to the ledger."""
-    return {
-        f["sha256"] for r in records for f in r.get("files", []) if f.get("sha256") and not f.get("error")
-    }
-
-
-def lineage_pending(cfg: IngestConfig) -> list[str]:
-    """Committed snapshots whose MLflow lineage is not recorded as logged yet, oldest first."""
-    return [
-        sid for sid in snap.snapshot_ids(cfg.snapshots_dir) if not (cfg.lineage_dir / f"{sid}.json").is_file()
-    ]
-
-
-def mark_lineage_logged(cfg: IngestConfig, snapshot_id: str, run_id: str) -> None:
-    """Record that `snapshot_id`'s lineage is in MLflow run `run_id` (call only once the run exists)."""
-    snap.write_json_atomic(
-        cfg.lineage_dir / f"{snapshot_id}.json",
-        {"snapshot": snapshot_id, "mlflow_run_id": run_id, "logged_at": datetime.now(UTC).isoformat()},
-    )
-
-
-def _existing_keys(cfg: IngestConfig) -> tuple[set[str], dict[str, str]]:
-    """(dedup keys, text key -> label) over every row of every committed snapshot."""
-    keys: set[str] = set()
-    labels_by_text: dict[str, str] = {}
-    for split in snap.SPLITS:
-        frame = snap.load_all(cfg.snapshots_dir, split)
-        for label, key in zip(frame["label"], frame["key"], strict=True):
-            keys.add(key)
-            labels_by_text[key.split(":", 1)[0]] = label  # key = "<text key>:<label>"
-    return keys, labels_by_text
+__all__ = ["IngestConfig", "IngestError", "IngestSummary", "ingest", "resolve_inputs"]
 
 
 def resolve_inputs(paths: list[Path], cfg: IngestConfig) -> list[Path]:
@@ -245,18 +113,18 @@ def ingest(
         snap.remove_stale_temporaries(cfg.snapshots_dir)
         snap.remove_stale_temporaries(cfg.quarantine_dir)
         snap.remove_stale_temporaries(cfg.ledger_dir)
-        _recover_ledger(cfg)
+        recover_ledger(cfg)
         records = ledger_records(cfg)
         seen_hashes = known_file_hashes(records)
         quarantined = quarantined_before(records)
-        existing_keys, existing_labels = _existing_keys(cfg)
+        known_keys, existing_labels = existing_keys(cfg)
 
         quarantine_rows: list[dict[str, Any]] = []
         reasons: Counter[str] = Counter()
         accepted: list[CleanRow] = []
         batch_keys: set[str] = set()
         columns = [cfg.text_column, cfg.label_column]
-        _note_unread(summary, found)
+        note_unread(summary, found)
 
         def quarantine_whole(source: snap.SourceFile, content: bytes | None) -> None:
             """Quarantine a whole file, or report it as quarantined already (same bytes, same verdict)."""
@@ -353,7 +221,7 @@ def ingest(
                         "text": row.text,
                     }
                 )
-            elif row.key in existing_keys or row.key in batch_keys:
+            elif row.key in known_keys or row.key in batch_keys:
                 source.duplicates += 1
             else:
                 batch_keys.add(row.key)
@@ -382,7 +250,7 @@ def ingest(
             # Under the lock nobody else cuts a snapshot, so this is the id write_snapshot takes;
             # knowing it first lets the manifest carry the final batch record and message.
             summary.snapshot = snap.next_snapshot_id(cfg.snapshots_dir)
-            summary.message = _message(summary, len(files))
+            summary.message = summary_message(summary, len(files))
             manifest = snap.write_snapshot(
                 cfg.snapshots_dir,
                 splits,
@@ -398,46 +266,6 @@ def ingest(
                     f"snapshot id moved under the ingest lock: {manifest.id} != {summary.snapshot}"
                 )
         else:
-            summary.message = _message(summary, len(files))
+            summary.message = summary_message(summary, len(files))
         snap.write_json_atomic(cfg.ledger_dir / f"{batch}.json", summary.model_dump(mode="json"))
     return summary
-
-
-def _note_unread(summary: IngestSummary, found: Inputs) -> None:
-    """Named files ingest will not read: another format (quarantined), or an in-flight name (waiting)."""
-    for path in found.unsupported:
-        summary.files_quarantined.append(
-            FileQuarantine(
-                path=str(path),
-                reason="unsupported_format",
-                detail=f"{path.suffix!r} is not .csv, .jsonl or .parquet",
-            )
-        )
-    for path in found.in_flight:
-        summary.waiting.append(
-            FileWaiting(
-                path=str(path), detail="an in-flight name (.*, *.tmp, *.part): rename it when it is complete"
-            )
-        )
-
-
-def _message(s: IngestSummary, n_files: int) -> str:
-    parts = [
-        f"{s.rows} rows read from {len(s.files)} new file(s)",
-        f"{s.accepted} accepted + {s.duplicates} duplicates + {s.quarantined} quarantined = {s.rows}",
-    ]
-    if s.skipped_files:
-        parts.append(f"{len(s.skipped_files)} file(s) already ingested, skipped")
-    if s.files_quarantined:
-        parts.append(f"{len(s.files_quarantined)} file(s) quarantined whole")
-    if s.already_quarantined:
-        parts.append(f"{len(s.already_quarantined)} file(s) already quarantined, not copied again")
-    if s.waiting:
-        parts.append(f"{len(s.waiting)} file(s) waiting: still being written, read on a later poll")
-    if s.snapshot:
-        parts.append(f"snapshot {s.snapshot} cut")
-    elif s.accepted == 0:
-        parts.append("nothing new: no snapshot cut")
-    if n_files == 0:
-        parts.append("no .csv, .jsonl or .parquet files found")
-    return "; ".join(parts)

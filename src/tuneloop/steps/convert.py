@@ -53,7 +53,7 @@ TAG_CHARS = 4000
 
 
 def conversion_settings(settings: Settings, tensorrt: str = "auto") -> Any:
-    from tuneloop.convert.pipeline import ConversionSettings
+    from tuneloop.convert.settings import ConversionSettings
 
     return ConversionSettings(
         max_length=max(settings.max_length, 128),

@@ -17,14 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from tuneloop.config import Settings
 from tuneloop.data import snapshot as snap
-from tuneloop.data.ingest import (
-    IngestConfig,
-    IngestError,
-    ingest,
-    ingest_lock,
-    lineage_pending,
-    mark_lineage_logged,
-)
+from tuneloop.data.ingest import IngestConfig, IngestError, ingest
+from tuneloop.data.ledger import ingest_lock, lineage_pending, mark_lineage_logged
 
 if TYPE_CHECKING:
     from tuneloop.registry.store import Registry
