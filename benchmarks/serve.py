@@ -163,7 +163,7 @@ class Server:
         }
         env.pop("TUNELOOP_API_TOKEN", None)
         self.log = (home / f"server-{backend}-{self.port}.log").open("w")
-        cmd = [sys.executable, "-m", "bentoml", "serve", "tuneloop.serve.service:TuneloopService"]
+        cmd = [sys.executable, "-m", "bentoml", "serve", "tuneloop.service:TuneloopService"]
         self.proc = subprocess.Popen(
             [*cmd, "--host", "127.0.0.1", "--port", str(self.port)],
             env=env,

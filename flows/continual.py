@@ -22,16 +22,16 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from tuneloop.config import load_settings
-from tuneloop.registry.policy import load_policy
 from tuneloop.steps import continual as steps
 from tuneloop.steps.convert import convert_step
 from tuneloop.steps.ingest import ingest_step
+from tuneloop.steps.metrics import DEFAULT_SERVICE_URL
 from tuneloop.steps.round import train_step
 from tuneloop.steps.round_data import NothingNewError
 from tuneloop.steps.trigger_signals import decide_step
 
 # Where the watch and the drift check read /metrics; `tuneloop serve` listens on 127.0.0.1:3000.
-SERVICE_URL = os.environ.get("TUNELOOP_SERVICE_URL", steps.DEFAULT_SERVICE_URL)
+SERVICE_URL = os.environ.get("TUNELOOP_SERVICE_URL", DEFAULT_SERVICE_URL)
 
 
 def _worth_retrying(_task: Any, _run: Any, state: Any) -> bool:
@@ -52,8 +52,7 @@ def ingest_task() -> dict[str, Any]:
 @task(name="train-round", retries=1, retry_delay_seconds=30, retry_condition_fn=_worth_retrying)
 def train_task(snapshot: str | None, dry_run: bool, epochs: int | None) -> dict[str, Any]:
     settings = load_settings()
-    policy = load_policy(settings.policy_path)
-    policy = steps.dry_run_policy(policy) if dry_run else policy
+    policy = steps.round_policy(settings, dry_run)
     return train_step(settings, snapshot_id=snapshot, progress=False, policy=policy, epochs=epochs)
 
 
@@ -107,7 +106,7 @@ def continual_flow(
     rolled_back, aborted, already_champion)."""
     log = get_run_logger()
     settings = load_settings()
-    steps.check_run_options(load_policy(settings.policy_path), dry_run, skip_approval)
+    steps.check_run_options(steps.round_policy(settings), dry_run, skip_approval)
     out: dict[str, Any] = {"trigger": trigger, "dry_run": dry_run}
     out["decision"] = decide_task(trigger, service_url)
     log.info(

@@ -124,7 +124,7 @@ def test_checked_in_policies_have_triggers_and_the_demo_is_faster() -> None:
 
 def test_canary_figures_come_from_every_replica_or_from_prometheus(monkeypatch) -> None:
     from tuneloop.rollout.sources import EndpointSource, PrometheusSource
-    from tuneloop.steps.continual import metrics_source
+    from tuneloop.steps.metrics import metrics_source
 
     monkeypatch.delenv("TUNELOOP_ROLLOUT_PROMETHEUS_URL", raising=False)
     monkeypatch.setenv("TUNELOOP_API_TOKEN", "t0k")

@@ -49,8 +49,8 @@ def test_demo_promotes_through_the_canary_and_rolls_back_the_bad_candidate(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from tuneloop.config import load_settings
-    from tuneloop.demo import run_demo
-    from tuneloop.demo_report import WIDTH
+    from tuneloop.demo.report import WIDTH
+    from tuneloop.demo.story import run_demo
     from tuneloop.registry.store import Registry
     from tuneloop.testing import make_tiny_bert
 

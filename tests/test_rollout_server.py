@@ -205,7 +205,7 @@ def test_killed_controller_resumes_and_a_second_rollout_is_refused(rig, server) 
     cmd = [
         sys.executable,
         "-m",
-        "tuneloop.cli_rollout",
+        "tuneloop.cli.rollout",
         "rollout",
         version,
         "--lease",

@@ -61,7 +61,7 @@ def running_server(settings: Settings, log_dir: Path, **env: str) -> Iterator[ht
     if "TUNELOOP_API_TOKEN" not in env:  # auth off unless the test asks for it
         full_env.pop("TUNELOOP_API_TOKEN", None)
     log = (log_dir / f"server-{port}.log").open("w")
-    cmd = [sys.executable, "-m", "bentoml", "serve", "tuneloop.serve.service:TuneloopService"]
+    cmd = [sys.executable, "-m", "bentoml", "serve", "tuneloop.service:TuneloopService"]
     proc = subprocess.Popen(
         [*cmd, "--host", "127.0.0.1", "--port", str(port)], env=full_env, stdout=log, stderr=log
     )

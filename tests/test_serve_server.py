@@ -106,7 +106,7 @@ def server(
         "BENTOML_DO_NOT_TRACK": "True",
     }
     log = (tmp_path_factory.mktemp("serve-log") / "server.log").open("w")
-    cmd = [sys.executable, "-m", "bentoml", "serve", "tuneloop.serve.service:TuneloopService"]
+    cmd = [sys.executable, "-m", "bentoml", "serve", "tuneloop.service:TuneloopService"]
     proc = subprocess.Popen(
         [*cmd, "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=log
     )

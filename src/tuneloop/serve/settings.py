@@ -72,9 +72,10 @@ class ServeSettings(BaseSettings):
         0.0, ge=0, le=1, description="Share of that version's model calls that raise."
     )
     fault_latency_ms: float = Field(0.0, ge=0, description="Delay added to each of that version's calls.")
-    runtime: str = Field(
-        "tuneloop.steps.serve:build_runtime",
-        description="module:function that builds the registry source (the composition root).",
+    runtime: str | None = Field(
+        None,
+        description="module:function building a stand-in for the registry source (benchmarks/serve.py); "
+        "unset: the MLflow registry.",
     )
 
 

@@ -22,7 +22,6 @@ Parameters an operator sets:
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 from tuneloop.config import Settings
 from tuneloop.registry.policy import Policy, load_policy
 from tuneloop.registry.store import Registry
+from tuneloop.steps.metrics import metrics_source
 from tuneloop.steps.release import approval_problems, promote_step
 
 # Defaults for the bounded approval wait. A person looks at a candidate within hours, not seconds,
@@ -39,7 +39,6 @@ from tuneloop.steps.release import approval_problems, promote_step
 # picks the approval up: its train step reuses the registered version, so nothing is retrained.
 APPROVAL_WAIT_S = 900.0
 APPROVAL_POLL_S = 30.0
-DEFAULT_SERVICE_URL = "http://127.0.0.1:3000"  # where `tuneloop serve` listens by default
 
 
 class ApprovalSkipRefused(ValueError):
@@ -60,6 +59,12 @@ def check_run_options(policy: Policy, dry_run: bool, skip_approval: bool) -> Non
 def dry_run_policy(policy: Policy) -> Policy:
     """The policy a dry run trains under: the same gates (so the same round key), no auto-approval."""
     return policy.model_copy(update={"approval": policy.approval.model_copy(update={"auto_approve": False})})
+
+
+def round_policy(settings: Settings, dry_run: bool = False) -> Policy:
+    """The policy a round trains under: the configured one, without auto-approval for a dry run."""
+    policy = load_policy(settings.policy_path)
+    return dry_run_policy(policy) if dry_run else policy
 
 
 def wait_for_approval(
@@ -124,29 +129,6 @@ def roll_out(
     if Registry(settings).alias("champion") is None:
         return promote_first_champion(settings, version)
     return rollout_step(settings, version, metrics_source(service_url), by="tuneloop:continual", echo=log)
-
-
-def metrics_source(service_url: str | None = None) -> Any:
-    """Where the canary's figures come from: a Prometheus server when TUNELOOP_ROLLOUT_PROMETHEUS_URL
-    is set (a fleet of replicas, summed by PromQL), else each service URL's /metrics, summed.
-
-    `service_url` may list several replicas, comma-separated: behind one Kubernetes Service a single
-    URL reaches one replica per scrape, so its counters alone would judge a share of the traffic.
-    """
-    from tuneloop.rollout.sources import EndpointSource, PrometheusSource
-
-    prometheus = os.environ.get("TUNELOOP_ROLLOUT_PROMETHEUS_URL")
-    if prometheus:
-        return PrometheusSource(
-            prometheus, selector=os.environ.get("TUNELOOP_ROLLOUT_PROMETHEUS_SELECTOR", "")
-        )
-    token = os.environ.get("TUNELOOP_API_TOKEN")
-    urls = [
-        u.strip().rstrip("/") + "/metrics"
-        for u in (service_url or DEFAULT_SERVICE_URL).split(",")
-        if u.strip()
-    ]
-    return EndpointSource(urls, headers={"authorization": f"Bearer {token}"} if token else {})
 
 
 def continual_step(

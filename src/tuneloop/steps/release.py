@@ -77,6 +77,11 @@ def promotion_problems(info: VersionInfo, policy: Policy) -> list[str]:
     return problems
 
 
+def release_problems(settings: Settings, version: str) -> list[str]:
+    """Why `version` may not become champion now under the configured policy (empty: it may)."""
+    return promotion_problems(Registry(settings).get_version(version), load_policy(settings.policy_path))
+
+
 def approve_step(
     settings: Settings,
     version: str,

@@ -46,6 +46,11 @@ def default_tick(policy: Policy) -> float:
     return min(max(policy.canary.step_interval_seconds / 10.0, 1.0), 30.0)
 
 
+def canary_steps(settings: Settings) -> list[float]:
+    """The policy's canary steps (percent of traffic), in order."""
+    return list(load_policy(settings.policy_path).canary.steps)
+
+
 def rollout_step(
     settings: Settings,
     version: str,

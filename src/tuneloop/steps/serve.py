@@ -1,7 +1,8 @@
 """Serving's composition root: the registry source each worker's follower reads through.
 
-The service (tuneloop.serve) imports no other stage; it finds `build_runtime` by name
-(`TUNELOOP_SERVE_RUNTIME`) and gets a `Source` that reads the registry and loads versions:
+The serve stage (tuneloop.serve) imports no other stage; the service front-end
+(`tuneloop.service`) builds a `RegistrySource` and hands it to the follower. It reads the registry
+and loads versions:
 
 - `read_state`: ONE `get_registered_model` call, a read that takes no SQLite write lock (no
   experiment, model or tag is ever created by the service): aliases, and the canary weight from
@@ -176,8 +177,3 @@ def tensorrt_reason(preference: Sequence[str]) -> str:
 
     available, reason = tensorrt_status()
     return "" if available else f"unavailable: {reason}"
-
-
-def build_runtime(settings: Settings, serve: ServeSettings, threads: int) -> RegistrySource:
-    """The Source the service's follower uses (named by TUNELOOP_SERVE_RUNTIME)."""
-    return RegistrySource(settings, serve, threads)

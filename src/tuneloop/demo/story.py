@@ -1,6 +1,6 @@
 """`tuneloop demo`: the whole loop on the bundled data, on embedded defaults, with the service running.
 
-1. `tuneloop serve` starts on 127.0.0.1 (demo_service.py).
+1. `tuneloop serve` starts on 127.0.0.1 (service.py).
 2. Three drops of the bundled support-intent data land one after another (base, drift-1 with two
    messy files, drift-2); each is ingested and trained from the champion, gated and converted.
    The first version is promoted directly (nothing to compare with) and the service starts
@@ -24,8 +24,8 @@ from collections.abc import Callable
 from typing import Any
 
 from tuneloop.config import Settings, mask_uri
-from tuneloop.demo_report import figure, render_table, round_metrics, wrap
-from tuneloop.demo_service import DemoService, Traffic
+from tuneloop.demo.report import figure, render_table, round_metrics, wrap
+from tuneloop.demo.service import DemoService, Traffic
 
 Echo = Callable[[str], None]
 FAULT_ERROR_RATE = "0.5"  # half the bad candidate's model calls raise: the error check trips at once
@@ -47,8 +47,7 @@ def run_demo(settings: Settings, echo: Echo | None = None, **train_overrides: An
 
     `train_overrides` go to every train_step (tests: epochs, LoRA settings for the tiny model).
     """
-    from tuneloop.data.bundled import BATCHES, bundled_frames, write_bundled
-    from tuneloop.data.messy import write_messy
+    from tuneloop.steps.bundled import bundled_drops, write_messy_files
     from tuneloop.steps.ingest import ingest_step
 
     settings = demo_settings(settings)
@@ -56,8 +55,6 @@ def run_demo(settings: Settings, echo: Echo | None = None, **train_overrides: An
     say = echo or (lambda _msg: None)
     landing = settings.landing_dir
     landing.mkdir(parents=True, exist_ok=True)
-    files = write_bundled(settings.work_dir / "bundled")
-    frames = bundled_frames()
     samples: list[tuple[str, str]] = []
     rounds: list[dict[str, Any]] = []
     drops: list[dict[str, Any]] = []
@@ -66,22 +63,24 @@ def run_demo(settings: Settings, echo: Echo | None = None, **train_overrides: An
     try:
         service.start()
         _say(say, f"service: `tuneloop serve` starting at {service.url} (log {service.log_path})")
-        for name in BATCHES:
-            target = landing / files[name].name
-            shutil.copy2(files[name], target)
+        for bundled in bundled_drops(settings.work_dir / "bundled"):
+            target = landing / bundled.path.name
+            shutil.copy2(bundled.path, target)
             drop = [target]
-            if name == "drift-1":
-                # Two messy files (CSV and JSONL: no one format can hold every fault) with one row of
-                # each quarantine reason, a duplicate and two good rows (tuneloop.data.messy).
-                drop.extend(write_messy(landing))
-            samples += list(zip(frames[name]["text"], frames[name]["label"], strict=True))
-            _say(say, f"drop {name}: {', '.join(p.name for p in drop)}")
+            if bundled.messy:
+                # Two messy files with one row of each quarantine reason, a duplicate and two good
+                # rows (tuneloop.data.messy).
+                drop.extend(write_messy_files(landing))
+            samples += bundled.samples
+            _say(say, f"drop {bundled.name}: {', '.join(p.name for p in drop)}")
             ingested = ingest_step(settings, drop)
             _say(say, "ingest: " + ingested["message"], "  ")
-            drops.append({"drop": name, "ingest": ingested})
+            drops.append({"drop": bundled.name, "ingest": ingested})
             if ingested["snapshot"]:
                 rounds.append(
-                    _round(settings, name, ingested["snapshot"], service, samples, say, train_overrides)
+                    _round(
+                        settings, bundled.name, ingested["snapshot"], service, samples, say, train_overrides
+                    )
                 )
         bad = _bad_candidate(settings, services, rounds, samples, say)
         rounds += [bad] if bad else []
@@ -112,14 +111,13 @@ def _round(
     train_overrides: dict[str, Any],
 ) -> dict[str, Any]:
     """Train on the snapshot, gate, convert, then promote the first version or canary a later one."""
-    from tuneloop.registry.policy import load_policy
-    from tuneloop.registry.store import Registry
     from tuneloop.steps.convert import convert_step
-    from tuneloop.steps.release import promote_step, promotion_problems
+    from tuneloop.steps.release import promote_step, release_problems
     from tuneloop.steps.round import train_step
+    from tuneloop.steps.versions import alias_version
 
-    champion = Registry(settings).alias("champion")
-    parent = f"champion v{champion.version}'s adapter" if champion else "the base model"
+    champion = alias_version(settings, "champion")
+    parent = f"champion v{champion}'s adapter" if champion else "the base model"
     _say(say, f"train: a LoRA round on {snapshot_id} from {parent}", "  ")
     trained = train_step(settings, snapshot_id=snapshot_id, progress=False, **train_overrides)
     version, metrics = str(trained["version"]), round_metrics(trained)
@@ -151,13 +149,11 @@ def _round(
     )
     if not passed:
         return {**row, "outcome": "refused", "decision": f"INT8 parity failed (agreement {agreement:.4f})"}
-    registry = Registry(settings)
-    info = registry.get_version(version)
-    problems = promotion_problems(info, load_policy(settings.policy_path))
+    problems = release_problems(settings, version)
     if problems:
         _say(say, "not released: " + "; ".join(problems), "  ")
         return {**row, "outcome": "refused", "decision": "; ".join(problems)}
-    if registry.alias("champion") is None:
+    if alias_version(settings, "champion") is None:
         promote_step(settings, version, reason=f"demo: first champion ({snapshot_id})", by="demo")
         _say(say, f"promote: v{version} is the first champion (no canary: nothing to compare with)", "  ")
         service.wait_ready(version)
@@ -170,13 +166,11 @@ def _canary(
     settings: Settings, version: str, service: DemoService, samples: list[tuple[str, str]], say: Echo
 ) -> dict[str, Any]:
     """Roll `version` out under synthetic traffic; the outcome, decision and champion errors."""
-    from tuneloop.registry.policy import load_policy
-    from tuneloop.rollout.counters import VersionCounters
-    from tuneloop.rollout.sources import EndpointSource
-    from tuneloop.steps.rollout import rollout_step
+    from tuneloop.steps.metrics import build_source, model_errors
+    from tuneloop.steps.rollout import canary_steps, rollout_step
 
     service.wait_ready()  # a home with a champion from an earlier run: the service may still load it
-    source = EndpointSource([f"{service.url}/metrics"])
+    source = build_source([f"{service.url}/metrics"])
     before = source.read()
     with Traffic(service.url, samples, canary=version) as traffic:
         result = rollout_step(
@@ -184,14 +178,13 @@ def _canary(
         )
     champion = str(result.get("champion") if result["outcome"] != "promoted" else result["previous"])
     after = source.read()
-    zero = VersionCounters()
-    model_errors = after.get(champion, zero).errors - before.get(champion, zero).errors
+    errors = model_errors(after, champion) - model_errors(before, champion)
     served = {
         "requests": traffic.requests,
         "items": dict(traffic.answered),
         "feedback": traffic.feedback,
         "failed_requests": len(traffic.failures),
-        "champion_model_errors": int(model_errors),
+        "champion_model_errors": int(errors),
     }
     _say(
         say,
@@ -204,7 +197,7 @@ def _canary(
     if outcome == "promoted":
         f = result.get("figures", {})
         decision = (
-            f"canary passed {len(load_policy(settings.policy_path).canary.steps)} steps; "
+            f"canary passed {len(canary_steps(settings))} steps; "
             f"p95 {figure(f.get('p95_ms'), '.0f')} ms, error rate {figure(f.get('error_rate'), '.2f')}"
         )
     else:
@@ -220,27 +213,18 @@ def _bad_candidate(
     say: Echo,
 ) -> dict[str, Any] | None:
     """Register a copy of the champion, restart the service with the fault switch on it, roll it out."""
-    from tuneloop.registry.store import Registry
+    from tuneloop.steps.rehearsal import register_champion_copy
+    from tuneloop.steps.versions import alias_version
 
-    registry = Registry(settings)
-    champion = registry.alias("champion")
-    if champion is None:
+    champion = alias_version(settings, "champion")
+    note = f"demo: a copy of champion v{champion} served with injected errors"
+    copy = register_champion_copy(settings, note) if champion else None
+    if copy is None:
         _say(say, "drop fault: skipped, no champion to roll a bad candidate out against")
         return None
-    keep = {
-        k: v
-        for k, v in champion.tags.items()
-        if not k.startswith(("event.", "promot", "rolled_back", "round_key", "approval"))
-    }
-    note = f"demo: a copy of champion v{champion.version} served with injected errors"
-    keep.update(approval="approved", approval_by="demo", approval_note=note, demo_fault=note)
-    assert champion.run_id is not None
-    mv = registry.client.create_model_version(
-        settings.model_name, champion.source, champion.run_id, tags=keep
-    )
-    version = str(mv.version)
+    version, champion = copy["version"], copy["copy_of"]
     fault = {"TUNELOOP_SERVE_FAULT_VERSION": version, "TUNELOOP_SERVE_FAULT_ERROR_RATE": FAULT_ERROR_RATE}
-    _say(say, f"drop fault: v{version}, a copy of champion v{champion.version}, made bad on purpose")
+    _say(say, f"drop fault: v{version}, a copy of champion v{champion}, made bad on purpose")
     _say(
         say,
         "service: restarting with the fault switch " + " ".join(f"{k}={v}" for k, v in fault.items()),
@@ -249,20 +233,20 @@ def _bad_candidate(
     services[-1].stop()
     service = DemoService(settings, fault=fault)
     services.append(service)
-    service.start().wait_ready(champion.version)
-    _say(say, f"service: ready at {service.url}, champion v{champion.version}", "  ")
+    service.start().wait_ready(champion)
+    _say(say, f"service: ready at {service.url}, champion v{champion}", "  ")
     # The same model as the champion: its offline figures are the champion's.
-    same: dict[str, Any] = next((r["metrics"] for r in rounds if r["version"] == champion.version), {})
-    row = {"version": version, "drop": "fault", "metrics": dict(same), "copy_of": champion.version}
+    same: dict[str, Any] = next((r["metrics"] for r in rounds if r["version"] == champion), {})
+    row = {"version": version, "drop": "fault", "metrics": dict(same), "copy_of": champion}
     return {**row, **_canary(settings, version, service, samples, say)}
 
 
 def _finish(
     settings: Settings, rounds: list[dict[str, Any]], drops: list[dict[str, Any]], seconds: float, say: Echo
 ) -> dict[str, Any]:
-    from tuneloop.registry.store import Registry
+    from tuneloop.steps.versions import aliases as read_aliases
 
-    aliases = Registry(settings).aliases()
+    aliases = read_aliases(settings)
     champion_errors = sum(
         r["traffic"]["failed_requests"] + r["traffic"]["champion_model_errors"]
         for r in rounds

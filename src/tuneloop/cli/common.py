@@ -45,11 +45,10 @@ def emit(result: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]
 
 def run_guarded(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """Run a step; turn the errors a user can fix into a message and exit code 2, not a traceback."""
-    from tuneloop.data.ingest import IngestError
-    from tuneloop.registry.store import RegistryError
+    from tuneloop.steps.errors import user_errors
 
     try:
         return fn()
-    except (IngestError, RegistryError, FileNotFoundError, ValueError) as exc:
+    except user_errors() as exc:
         fail(str(exc))
         raise  # unreachable

@@ -1,18 +1,17 @@
 """Rollout commands of the `tuneloop` CLI: rollout, rollback, history.
 
 Each calls the same step in `tuneloop.steps.rollout` / `rollout_state` that a flow would.
-Runnable alone as `python -m tuneloop.cli_rollout` (tests start controllers that way to kill them).
+Runnable alone as `python -m tuneloop.cli.rollout` (tests start controllers that way to kill them).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from tuneloop.cli_common import JsonOpt, emit, out, run_guarded, settings_or_exit
+from tuneloop.cli.common import JsonOpt, emit, out, run_guarded, settings_or_exit
 
 DEFAULT_METRICS = "http://127.0.0.1:3000/metrics"
 
@@ -45,17 +44,11 @@ def rollout(
     Each step sets the registered-model tag canary_weight; the service follows it. Run again after
     a crash to resume (use --wait longer than --lease if the dead controller's lease still holds).
     """
-    from tuneloop.rollout.sources import EndpointSource, MetricsSource, PrometheusSource
+    from tuneloop.steps.metrics import build_source
     from tuneloop.steps.rollout import rollout_step
 
     settings = settings_or_exit()
-    token = os.environ.get("TUNELOOP_API_TOKEN")
-    headers = {"authorization": f"Bearer {token}"} if token else {}
-    source: MetricsSource = (
-        PrometheusSource(prometheus)
-        if prometheus
-        else EndpointSource(metrics_url or [DEFAULT_METRICS], headers=headers)
-    )
+    source = build_source(metrics_url or [DEFAULT_METRICS], prometheus=prometheus)
     result = run_guarded(
         lambda: rollout_step(
             settings,

@@ -1,7 +1,9 @@
-"""The BentoML service: `bentoml serve tuneloop.serve.service:TuneloopService` (or `tuneloop serve`).
+"""The BentoML service: `bentoml serve tuneloop.service:TuneloopService` (or `tuneloop serve`).
 
 Each worker process builds its own registry follower (BentoML workers are processes and share
-nothing), so every worker serves what the registry says within one poll interval.
+nothing), so every worker serves what the registry says within one poll interval. The follower reads
+the registry through `RegistrySource` (steps/serve.py, the composition root); everything else is a
+mechanism of the serve stage.
 
     POST /classify  {"texts": [...], "key": optional sticky key} -> request_id, predictions
     POST /feedback  {"request_id", "index": 0, "label", "text": optional} -> counted (and landed)
@@ -38,6 +40,7 @@ from tuneloop.serve.tokens import (
     sign_request,
     verify_request,
 )
+from tuneloop.steps.serve import RegistrySource
 
 SERVE = load_serve_settings()  # read once per process: the worker count shapes the class below
 
@@ -65,9 +68,16 @@ class FeedbackResponse(BaseModel):
     landed: bool = Field(description="Whether the labelled text was written to the landing folder.")
 
 
-def _runtime(path: str) -> Any:
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
+def build_source(settings: Any, serve: Any, threads: int) -> Any:
+    """The follower's Source: the MLflow registry, or a stand-in named by TUNELOOP_SERVE_RUNTIME.
+
+    The stand-in is for benchmarks/serve.py, which serves a local folder through the same request
+    path without a registry; production never sets it.
+    """
+    if serve.runtime:
+        module, _, name = serve.runtime.partition(":")
+        return getattr(importlib.import_module(module), name)(settings, serve, threads)
+    return RegistrySource(settings, serve, threads)
 
 
 @bentoml.service(name="tuneloop", workers=SERVE.workers, traffic={"timeout": 60})
@@ -79,7 +89,7 @@ class TuneloopService:
         self.settings = load_settings()
         self.serve = load_serve_settings()
         threads = self.serve.threads or threads_per_session(self.serve.workers)
-        source = _runtime(self.serve.runtime)(self.settings, self.serve, threads)
+        source = build_source(self.settings, self.serve, threads)
         self.follower = Follower(
             source,
             poll_s=self.serve.poll_s,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-SERVICE = "tuneloop.serve.service:TuneloopService"
+SERVICE = "tuneloop.service:TuneloopService"
 
 
 def serve(
@@ -21,7 +21,7 @@ def serve(
     """Serve champion (and canary) from the registry: POST /classify, /feedback; GET /status, /metrics.
 
     Each worker follows the registry on its own (TUNELOOP_SERVE_POLL_S); same as
-    `bentoml serve tuneloop.serve.service:TuneloopService`. Stops on Ctrl-C after in-flight requests.
+    `bentoml serve tuneloop.service:TuneloopService`. Stops on Ctrl-C after in-flight requests.
     """
     if workers is not None:
         os.environ["TUNELOOP_SERVE_WORKERS"] = str(workers)

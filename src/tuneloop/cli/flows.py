@@ -15,9 +15,9 @@ from typing import Annotated, Any
 
 import typer
 
-from tuneloop.cli_common import JsonOpt, emit, err, out, run_guarded, settings_or_exit
+from tuneloop.cli.common import JsonOpt, emit, err, out, run_guarded, settings_or_exit
 
-REPO = Path(__file__).resolve().parents[2]  # src/tuneloop/cli_flows.py -> the checkout
+REPO = Path(__file__).resolve().parents[3]  # src/tuneloop/cli/flows.py -> the checkout
 
 
 def retrain(

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tuneloop.cli_common import JsonOpt, emit, err, out, run_guarded, settings_or_exit
+from tuneloop.cli.common import JsonOpt, emit, err, out, run_guarded, settings_or_exit
 
 
 def train(
@@ -184,7 +184,7 @@ def demo(as_json: JsonOpt = False) -> None:
     """
     import os
 
-    from tuneloop.demo import run_demo
+    from tuneloop.demo.story import run_demo
 
     # The story is the output: MLflow's per-download and transformers' per-load progress bars would
     # put dozens of carriage-return lines between its steps in a terminal and in a log file.
@@ -207,14 +207,9 @@ def demo(as_json: JsonOpt = False) -> None:
 
 def _resolve(settings: Any, version: str) -> str:
     """Accept an alias (champion, canary, challenger, previous) where a version number is expected."""
-    from tuneloop.registry.store import ALIASES, Registry, RegistryError
+    from tuneloop.steps.versions import resolve_version
 
-    if version in ALIASES:
-        info = Registry(settings).alias(version)
-        if info is None:
-            raise RegistryError(f"no version holds the alias {version!r}")
-        return info.version
-    return version
+    return resolve_version(settings, version)
 
 
 COMMANDS = [train, evaluate, approve, promote, convert, demo]

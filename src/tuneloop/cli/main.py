@@ -17,8 +17,8 @@ import typer
 import yaml
 from rich.table import Table
 
-from tuneloop import cli_flows, cli_model, cli_rollout, cli_serve
-from tuneloop.cli_common import JsonOpt, emit, err, out, run_guarded, settings_or_exit
+from tuneloop.cli import flows, model, rollout, serve
+from tuneloop.cli.common import JsonOpt, emit, err, out, run_guarded, settings_or_exit
 from tuneloop.config import mask_settings
 
 app = typer.Typer(
@@ -205,7 +205,7 @@ def show_config(as_json: JsonOpt = False) -> None:
         out.print(yaml.safe_dump(mask_settings(settings.model_dump(mode="json")), sort_keys=False), end="")
 
 
-for command in [*cli_model.COMMANDS, *cli_serve.COMMANDS, *cli_rollout.COMMANDS, *cli_flows.COMMANDS]:
+for command in [*model.COMMANDS, *serve.COMMANDS, *rollout.COMMANDS, *flows.COMMANDS]:
     app.command()(command)  # type: ignore[type-var]
 
 if __name__ == "__main__":

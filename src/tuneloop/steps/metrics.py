@@ -1,0 +1,54 @@
+"""Step: where the canary's figures are read (the service's /metrics, or a Prometheus server).
+
+The rollout controller judges cumulative per-version counters from a `MetricsSource`
+(rollout/sources.py); this module builds the right one from what a front-end was told.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+DEFAULT_SERVICE_URL = "http://127.0.0.1:3000"  # where `tuneloop serve` listens by default
+
+
+def build_source(metrics_urls: Sequence[str] = (), prometheus: str | None = None, selector: str = "") -> Any:
+    """A Prometheus server when `prometheus` is given, else each `/metrics` URL, summed.
+
+    Scraping the service needs its bearer token when it has one (TUNELOOP_API_TOKEN).
+    """
+    from tuneloop.rollout.sources import EndpointSource, PrometheusSource
+
+    if prometheus:
+        return PrometheusSource(prometheus, selector=selector)
+    token = os.environ.get("TUNELOOP_API_TOKEN")
+    return EndpointSource(
+        list(metrics_urls) or [DEFAULT_SERVICE_URL + "/metrics"],
+        headers={"authorization": f"Bearer {token}"} if token else {},
+    )
+
+
+def metrics_source(service_url: str | None = None) -> Any:
+    """Where the canary's figures come from: a Prometheus server when TUNELOOP_ROLLOUT_PROMETHEUS_URL
+    is set (a fleet of replicas, summed by PromQL), else each service URL's /metrics, summed.
+
+    `service_url` may list several replicas, comma-separated: behind one Kubernetes Service a single
+    URL reaches one replica per scrape, so its counters alone would judge a share of the traffic.
+    """
+    urls = [
+        u.strip().rstrip("/") + "/metrics"
+        for u in (service_url or DEFAULT_SERVICE_URL).split(",")
+        if u.strip()
+    ]
+    return build_source(
+        urls,
+        prometheus=os.environ.get("TUNELOOP_ROLLOUT_PROMETHEUS_URL"),
+        selector=os.environ.get("TUNELOOP_ROLLOUT_PROMETHEUS_SELECTOR", ""),
+    )
+
+
+def model_errors(reading: dict[str, Any], version: str) -> float:
+    """Model-call errors counted so far for `version` in one reading of a source (0 when unseen)."""
+    counters = reading.get(version)
+    return float(counters.errors) if counters is not None else 0.0
