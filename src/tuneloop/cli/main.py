@@ -19,6 +19,7 @@ from rich.table import Table
 
 from tuneloop.cli import flows, model, rollout, serve
 from tuneloop.cli.common import JsonOpt, emit, err, out, run_guarded, settings_or_exit
+from tuneloop.cli.tables import Column, print_table
 from tuneloop.config import mask_settings
 
 app = typer.Typer(
@@ -104,74 +105,109 @@ def _render_ingest(r: dict[str, Any]) -> None:
 
 
 # --- status ----------------------------------------------------------------------------------
+WideOpt = Annotated[
+    bool, typer.Option("--wide", help="Every column at full width (default: fit the terminal, 80 in a pipe).")
+]
+
+SNAPSHOT_COLUMNS = [
+    Column("id"),
+    Column("created", drop=2),
+    Column("train", justify="right"),
+    Column("eval", justify="right"),
+    Column("golden", justify="right"),
+    Column("labels", justify="right"),
+    Column("parent", drop=3),
+    Column("hash", drop=4),
+]
+LABEL_COLUMNS = [
+    Column("label"),
+    Column("train", justify="right"),
+    Column("eval", justify="right"),
+    Column("golden", justify="right"),
+]
+# What a reader asks first: which version serves (aliases), how its last rollout went, did it pass;
+# the lineage columns (snapshot, parent) are in `--wide`, `--json` and the MLflow UI.
+# At 80 columns: version 7 + aliases 8 + rollout 24 + gate 6 + approval 8 + macro-F1 8 = 61
+# characters of cells and 6 x 3 + 1 = 19 of borders and padding, 80 in all.
+VERSION_COLUMNS = [
+    Column("version"),
+    Column("aliases"),
+    Column("rollout", fold_at=24),
+    Column("gate"),
+    Column("approval", drop=2),
+    Column("macro-F1", drop=1, justify="right"),
+    Column("golden F1", drop=3, justify="right"),
+    Column("convert", drop=4),
+    Column("snapshot", drop=5),
+    Column("parent", drop=6),
+]
+
+
 @app.command()
 def status(
     as_json: JsonOpt = False,
     registry: Annotated[bool, typer.Option(help="Also read the MLflow registry (slower).")] = True,
+    wide: WideOpt = False,
 ) -> None:
-    """Show snapshots, rows per label, quarantine totals, and registered versions with aliases."""
+    """Show snapshots, rows per label, quarantine totals, and registered versions with aliases.
+
+    Each version shows its last rollout outcome (promoted through a canary or directly, rolled back
+    and why, a canary in flight); `tuneloop history` has every event. Tables fit the terminal, 80
+    columns in a pipe or a CI log, by leaving out the least useful columns (named under the table);
+    `--wide` shows them all, `--json` everything.
+    """
     from tuneloop.steps.status import status as status_step
 
     settings = settings_or_exit()
     result = run_guarded(lambda: status_step(settings, include_registry=registry))
-    emit(result, as_json, _render_status)
+    emit(result, as_json, lambda r: _render_status(r, wide))
 
 
-def _render_status(r: dict[str, Any]) -> None:
+def _render_status(r: dict[str, Any], wide: bool = False) -> None:
     data = r["data"]
-    snaps = Table(title=f"snapshots in {data['home']}")
-    for col in ("id", "parent", "created", "train", "eval", "golden", "labels", "hash"):
-        snaps.add_column(col)
-    for s in data["snapshots"]:
-        rows = s["rows"]
-        snaps.add_row(
+    snapshots = [
+        [
             s["id"],
-            s["parent"] or "-",
-            s["created_at"],
-            str(rows["train"]),
-            str(rows["eval"]),
-            str(rows["golden"]),
+            s["created_at"][:16].replace("T", " "),  # to the minute: the seconds and zone add nothing
+            str(s["rows"]["train"]),
+            str(s["rows"]["eval"]),
+            str(s["rows"]["golden"]),
             str(s["labels"]),
+            s["parent"] or "-",
             s["content_hash"],
-        )
-    out.print(snaps)
-    labels = Table(title="rows per label (all snapshots)")
-    for col in ("label", "train", "eval", "golden"):
-        labels.add_column(col)
-    for label, counts in data["labels"].items():
-        labels.add_row(label, *(str(counts.get(s, 0)) for s in ("train", "eval", "golden")))
-    out.print(labels)
+        ]
+        for s in data["snapshots"]
+    ]
+    print_table(out, SNAPSHOT_COLUMNS, snapshots, wide=wide, title=f"snapshots in {data['home']}")
+    labels = [
+        [label, *(str(counts.get(split, 0)) for split in ("train", "eval", "golden"))]
+        for label, counts in data["labels"].items()
+    ]
+    print_table(out, LABEL_COLUMNS, labels, wide=wide, title="rows per label (all snapshots)")
     q = data["quarantine"]
     reasons = ", ".join(f"{k}={v}" for k, v in q["reasons"].items()) or "none"
-    out.print(f"quarantine: {q['rows']} rows ({reasons}); {q['files']} whole files; in {q['folder']}")
+    out.print(
+        f"quarantine: {q['rows']} rows ({reasons}); {q['files']} whole files; in {q['folder']}", markup=False
+    )
     if "registry" in r:
         reg = r["registry"]
-        versions = Table(title=f"registered model {reg['model']} ({r['tracking_uri']})")
-        for col in (
-            "version",
-            "aliases",
-            "approval",
-            "gate",
-            "snapshot",
-            "parent",
-            "macro-F1",
-            "golden F1",
-            "convert",
-        ):
-            versions.add_column(col)
-        for v in reg["versions"]:
-            versions.add_row(
+        versions = [
+            [
                 v["version"],
                 ",".join(v["aliases"]) or "-",
-                v["approval"],
+                v.get("rollout", "-"),
                 v["gate"],
-                v["data_snapshot"] or "-",
-                v["parent_version"] or "-",
+                v["approval"],
                 _fmt(v["macro_f1"]),
                 _fmt(v["golden_macro_f1"]),
                 v["conversion"],
-            )
-        out.print(versions)
+                v["data_snapshot"] or "-",
+                v["parent_version"] or "-",
+            ]
+            for v in reg["versions"]
+        ]
+        title = f"registered model {reg['model']} ({r['tracking_uri']})"
+        print_table(out, VERSION_COLUMNS, versions, wide=wide, title=title)
         _render_waiting(reg)
 
 

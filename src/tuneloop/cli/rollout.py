@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from tuneloop.cli.common import JsonOpt, emit, out, run_guarded, settings_or_exit
+from tuneloop.cli.tables import Column, print_table
 
 DEFAULT_METRICS = "http://127.0.0.1:3000/metrics"
 
@@ -79,8 +79,21 @@ def rollback(
     emit(result, as_json, lambda r: out.print(f"{r['action']}: champion v{r['champion']}"))
 
 
+# At 80 columns: when 19 + version 7 + event 14 + why 24 = 64 characters of cells and 4 x 3 + 1 = 13
+# of borders and padding, 77 in all; who and from -> to come back with --wide (or --json).
+HISTORY_COLUMNS = [
+    Column("when (UTC)"),
+    Column("version"),
+    Column("event"),
+    Column("by", drop=1),
+    Column("from -> to", drop=2),
+    Column("why", fold_at=24),
+]
+
+
 def history(
     limit: Annotated[int, typer.Option(help="Most records to show, newest first.")] = 50,
+    wide: Annotated[bool, typer.Option("--wide", help="Every column at full width.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Audit records: alias moves (who, when, why, from -> to, figures), approvals, rollouts."""
@@ -88,19 +101,26 @@ def history(
 
     settings = settings_or_exit()
     result = run_guarded(lambda: history_step(settings, limit=limit))
-    emit(result, as_json, _render_history)
+    emit(result, as_json, lambda r: _render_history(r, wide))
 
 
-def _render_history(r: dict[str, Any]) -> None:
-    table = Table("when (UTC)", "version", "event", "by", "from -> to", "why")
+def _render_history(r: dict[str, Any], wide: bool = False) -> None:
+    rows = []
     for rec in r["records"]:
         move = f"{rec.get('from') or '-'} -> {rec.get('to') or '-'}" if "to" in rec or "from" in rec else ""
         if "weight" in rec:
             move += f" @ {rec['weight']:.0%}"
-        table.add_row(
-            rec["at"], rec["version"], rec["event"], str(rec.get("by", "")), move, str(rec.get("reason", ""))
+        rows.append(
+            [
+                rec["at"],
+                rec["version"],
+                rec["event"],
+                str(rec.get("by", "")),
+                move,
+                str(rec.get("reason", "")),
+            ]
         )
-    out.print(table)
+    print_table(out, HISTORY_COLUMNS, rows, wide=wide)
     out.print("aliases: " + ", ".join(f"{a}=v{v}" for a, v in sorted(r["aliases"].items())))
     if r["rollout"]:
         out.print(f"rollout in flight: v{r['rollout']['version']} at step {r['rollout']['step'] + 1}")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from tuneloop.config import Settings, mask_uri
 from tuneloop.data import snapshot as snap
-from tuneloop.data.ingest import ledger_records
+from tuneloop.data.ledger import ledger_records
 from tuneloop.steps.ingest import ingest_config
 
 
@@ -54,14 +55,37 @@ def data_status(settings: Settings) -> dict[str, Any]:
     }
 
 
+def rollout_outcome(tags: Mapping[str, str], in_flight_step: int | None = None) -> str:
+    """A version's last rollout outcome, from its tags (pure): what `tuneloop history` tells at length.
+
+    "rolled back: <why>" wins over a promotion (a champion can be rolled back after it served);
+    "promoted (canary)" or "promoted (direct)" by whether a canary passed; "canary at step N" for the
+    rollout in flight; "canary stopped" for one that started and neither ended nor is recorded as
+    in flight; "-" for a version never rolled out.
+    """
+    events = {key.split(".", 2)[2] for key in tags if key.startswith("event.") and key.count(".") >= 2}
+    if tags.get("rolled_back"):
+        return f"rolled back: {tags['rolled_back']}"
+    if "promoted_at" in tags:
+        return "promoted (canary)" if "canary.passed" in events else "promoted (direct)"
+    if in_flight_step is not None:
+        return f"canary at step {in_flight_step + 1}"
+    if "canary.started" in events:
+        return "canary stopped"
+    return "-"
+
+
 def registry_status(settings: Settings) -> dict[str, Any]:
-    """Registered versions with aliases, approval, gate result and key metrics."""
+    """Registered versions with aliases, approval, gate result, key metrics and rollout outcome."""
     from tuneloop.registry.store import Registry
+    from tuneloop.steps.rollout_state import read_state
 
     registry = Registry(settings)
     versions = []
     found = registry.versions()  # each with the aliases it holds (read from the registered model)
+    state = read_state(registry) if found else None
     for info in found:
+        step = state.step if state is not None and state.version == info.version else None
         versions.append(
             {
                 "version": info.version,
@@ -73,6 +97,7 @@ def registry_status(settings: Settings) -> dict[str, Any]:
                 "macro_f1": info.metric("new.macro_f1"),
                 "golden_macro_f1": info.metric("golden.macro_f1"),
                 "conversion": info.tags.get("conversion", "-"),
+                "rollout": rollout_outcome(info.tags, step),
             }
         )
     aliases = {alias: v.version for v in found for alias in v.aliases}
