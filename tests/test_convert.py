@@ -481,27 +481,82 @@ def test_int8_choice_falls_back_to_fp32_with_reasons_when_none_passes_or_none_is
     assert "not faster than fp32" in slow.reasons[-1]
 
 
+def _judge_again(files: dict[str, Path], fp32: Path, model_dir: Path, eval_sets, max_length: int):
+    """{candidate: (passed, {set: agreement})}, measured here from the files alone: each graph run
+    beside the published fp32 graph and PyTorch, judged by the default thresholds with scikit-learn's
+    macro-F1 (not the converter's figures, parity code or choice)."""
+    from sklearn.metrics import f1_score
+
+    from tuneloop.convert.parity import ParityThresholds
+    from tuneloop.convert.runtime import OnnxClassifier
+
+    limits, label2id = ParityThresholds(), {label: i for i, label in enumerate(LABELS)}
+    reference = OnnxClassifier(fp32, threads=1, max_length=max_length)
+    verdicts = {}
+    for name, path in files.items():
+        int8 = OnnxClassifier(path, threads=1, max_length=max_length, tokenizer_dir=fp32.parent)
+        passed, agreement = True, {}
+        for set_name, (texts, labels) in eval_sets.items():
+            truth = [label2id[label] for label in labels]
+            fp32_logits = reference.predict_logits(texts, 16)
+            want, got = fp32_logits.argmax(1), int8.predict_logits(texts, 16).argmax(1)
+            agreement[set_name] = float(np.mean(want == got))
+            drop = 100 * (f1_score(truth, want, average="macro") - f1_score(truth, got, average="macro"))
+            torch_diff = float(np.max(np.abs(fp32_logits - _torch_logits(model_dir, texts))))
+            passed &= (
+                agreement[set_name] >= limits.int8_min_argmax_agreement
+                and drop <= limits.int8_max_macro_f1_drop_points
+                and torch_diff <= limits.max_abs_logit_diff_fp32
+            )
+        verdicts[name] = (passed, agreement)
+    return verdicts
+
+
 def test_conversion_times_every_candidate_and_publishes_the_chosen_one_without_calibration_texts(
     classifier_dir, eval_sets, tmp_path
 ):
     from tuneloop.convert import ConversionSettings, convert_model
-    from tuneloop.convert.choice import choose_int8
+    from tuneloop.convert.choice import choose_int8, timing_key
     from tuneloop.convert.files import sha256_file
 
     calibration = _texts(80, seed=2)
-    settings = ConversionSettings(threads=1, timing_threads=(1,), timing_calls=3)
+    settings = ConversionSettings(threads=1, timing_threads=(1,), timing_calls=3, keep_candidates=True)
     result = convert_model(classifier_dir, tmp_path, calibration, eval_sets, None, settings)
     figures = {c.name: c for c in result.int8_candidates}
     assert set(figures) == {"static", "static_merged", "static_lean", "dynamic"}
     for c in figures.values():
         assert set(c.p50_ms) == {"short_t1", "long_t1"} and c.nodes > 0 and c.bytes > 0
         assert set(c.agreement) == {"eval", "golden"}
-    # The decision recorded is the pure function's over the recorded figures.
-    fp32 = json.loads((tmp_path / "conversion.json").read_text())["int8_choice"]["fp32_p50_ms"]
-    assert result.int8_choice == choose_int8(result.int8_candidates, fp32)
     chosen = result.int8_choice.chosen
-    assert chosen is not None and figures[chosen].parity_passed
-    assert result.artifacts["model.int8.onnx"].sha256 == sha256_file(tmp_path / "model.int8.onnx")
+    assert chosen is not None
+    published = tmp_path / "model.int8.onnx"
+    # The unchosen candidates stay in candidates/ (keep_candidates); the chosen one is the published
+    # file, and no other candidate's bytes.
+    kept = {name: tmp_path / "candidates" / f"{name}.onnx" for name in figures if name != chosen}
+    assert sorted(p.name for p in (tmp_path / "candidates").iterdir()) == sorted(
+        p.name for p in kept.values()
+    )
+    assert sha256_file(published) not in {sha256_file(p) for p in kept.values()}
+    # Every candidate judged again from its file: the recorded agreement and verdict are these.
+    verdicts = _judge_again(
+        {**kept, chosen: published},
+        tmp_path / "model.opt.onnx",
+        classifier_dir,
+        eval_sets,
+        settings.max_length,
+    )
+    for name, (passed, agreement) in verdicts.items():
+        assert figures[name].agreement == pytest.approx(agreement), name
+        assert figures[name].parity_passed == passed, (name, passed, figures[name].reasons)
+    # The choice, by the rule and those verdicts: the fastest that passed at the serving shape, served
+    # as INT8 only where faster than fp32 (the timings are the one thing not measured twice).
+    fp32 = json.loads((tmp_path / "conversion.json").read_text())["int8_choice"]["fp32_p50_ms"]
+    key = timing_key("short", 1)
+    passing = [name for name in figures if verdicts[name][0]]
+    assert passing and chosen == min(passing, key=lambda name: figures[name].p50_ms[key])
+    assert result.int8_choice.serve == ("int8" if figures[chosen].p50_ms[key] < fp32[key] else "fp32")
+    assert result.int8_choice == choose_int8(result.int8_candidates, fp32)  # and recorded as decided
+    assert result.artifacts["model.int8.onnx"].sha256 == sha256_file(published)
     assert figures[chosen].bytes == result.artifacts["model.int8.onnx"].bytes
     assert not list(tmp_path.glob("candidate.*"))
     # No calibration text is published, in any file the conversion leaves (issue 8).
