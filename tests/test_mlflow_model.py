@@ -1,6 +1,8 @@
 """A registered version is an MLflow Model: `models:/<name>@champion` loads with MLflow's own API,
 predicts what `tuneloop evaluate` predicts with PyTorch before `convert` and with INT8 after it,
-scores its input example through `mlflow.models.predict`, and refuses tampered files at load.
+scores its (neutral) input example through `mlflow.models.predict`, and refuses tampered files at
+load. `tuneloop.model.load` verifies every file, MLmodel and pyfunc_model.py included, before MLflow
+reads any; swapped labels with a re-hashed checksums.json are refused by every reader of a version.
 
 One tiny round is trained, registered and made champion for the module; the tests before the
 `converted` fixture see the version unconverted, so they must stay above it in this file.
@@ -20,14 +22,19 @@ import pandas as pd
 import pytest
 import yaml
 
+import tuneloop.model
 from tuneloop.config import PROJECT_ROOT, load_settings
 from tuneloop.evaluate.metrics import score
-from tuneloop.registry.store import Registry
+from tuneloop.registry.store import Registry, RegistryError
 from tuneloop.serve.backends import IntegrityError
+from tuneloop.serve.settings import ServeSettings
+from tuneloop.steps import mlflow_model, pyfunc_model
+from tuneloop.steps.convert import convert_step
 from tuneloop.steps.evaluate import evaluate_step
 from tuneloop.steps.ingest import ingest_step
-from tuneloop.steps.mlflow_model import pip_requirements, read_texts
+from tuneloop.steps.mlflow_model import INPUT_EXAMPLE, pip_requirements, read_texts
 from tuneloop.steps.round import predictor, train_step
+from tuneloop.steps.serve import RegistrySource
 from tuneloop.testing import TINY_TRAIN_SETTINGS, keyword_sentences
 
 LABELS = ["alpha", "beta", "gamma"]
@@ -112,6 +119,35 @@ def _tampered(*edits: tuple[Path, bytes]) -> Iterator[None]:
             path.write_bytes(data)
 
 
+def _swapped(data: bytes, a: str = "alpha", b: str = "gamma") -> bytes:
+    """`data` with the label names `a` and `b` exchanged wherever they occur (as JSON strings)."""
+    text = data.decode().replace(f'"{a}"', '"\0"').replace(f'"{b}"', f'"{a}"').replace('"\0"', f'"{b}"')
+    assert text != data.decode(), "nothing was swapped"
+    return text.encode()
+
+
+def _swapped_labels_rehashed(settings, version: str) -> list[tuple[Path, bytes]]:
+    """Edits that swap two labels in merged/config.json and adapter/labels.json and re-hash
+    checksums.json to match: every file agrees with the manifest; only its tag does not."""
+    sums_file = _artifact_file(settings, version, "model/checksums.json")
+    sums = json.loads(sums_file.read_text())
+    edits = []
+    for relative in ("merged/config.json", "adapter/labels.json"):
+        path = _artifact_file(settings, version, f"model/{relative}")
+        data = _swapped(path.read_bytes())
+        sums[relative] = hashlib.sha256(data).hexdigest()
+        edits.append((path, data))
+    return [*edits, (sums_file, json.dumps(sums, indent=2).encode())]
+
+
+def _service(settings, tmp_path: Path) -> RegistrySource:
+    serve = ServeSettings(backends="onnx-int8,onnx-fp32,torch", cache_dir=tmp_path / "serve")
+    return RegistrySource(settings, serve, threads=1)
+
+
+MANIFEST_REFUSED = r"checksums.json: sha256 .* but the version tag checksums_sha256 records"
+
+
 def test_the_version_folder_is_an_mlflow_model_with_no_pickle(champion, tmp_path) -> None:
     settings, version, _ = champion
     folder = Registry(settings).download(version, "", tmp_path / "v", verify=True)  # checksums cover it
@@ -178,6 +214,102 @@ def test_tampered_weights_with_a_matching_checksums_file_are_refused_by_the_tag(
         mlflow.pyfunc.load_model(_uri(settings))
 
 
+def test_the_published_input_examples_hold_no_training_text(champion, tmp_path) -> None:
+    settings, version, root = champion
+    folder = Registry(settings).download(version, "", tmp_path / "v", verify=True)
+    # No row of the data the version was trained and evaluated on, in any file it publishes.
+    texts = set(pd.read_csv(root / "data.csv")["text"]) | set(pd.read_csv(root / "holdout.csv")["text"])
+    for path in (p for p in folder.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        leaked = sorted(t for t in texts if t.encode() in data)
+        assert not leaked, (path.relative_to(folder), leaked[:3])
+    # The examples MLflow shows and serves are the fixed neutral text, in both files.
+    example = json.loads((folder / "input_example.json").read_text())
+    assert [row[-1] for row in example["data"]] == list(INPUT_EXAMPLE), example
+    serving = json.loads((folder / "serving_input_example.json").read_text())
+    assert serving["dataframe_split"]["data"] == example["data"]
+
+
+def test_swapped_labels_with_a_rehashed_checksums_file_are_refused_by_every_reader(
+    champion, tmp_path
+) -> None:
+    settings, version, root = champion
+    keyword_sentences(LABELS, 12, seed=5).to_csv(root / "more.csv", index=False)
+    ingest_step(settings, [root / "more.csv"])  # so a next round has something to train on
+    registry = Registry(settings)
+    before = {mv.version for mv in registry.versions()}
+    with _tampered(*_swapped_labels_rehashed(settings, version)):
+        with pytest.raises(IntegrityError, match=MANIFEST_REFUSED):
+            mlflow.pyfunc.load_model(_uri(settings))  # the pyfunc's own check, in load_context
+        with pytest.raises(IntegrityError, match=MANIFEST_REFUSED):
+            tuneloop.model.load(_uri(settings))
+        with pytest.raises(IntegrityError, match=MANIFEST_REFUSED):
+            _service(settings, tmp_path).load(version)
+        with pytest.raises(RegistryError, match=MANIFEST_REFUSED):
+            convert_step(settings, version, tensorrt="off")
+        with pytest.raises(RegistryError, match=MANIFEST_REFUSED):
+            train_step(settings, progress=False)  # the next round's download of its parent
+    assert {mv.version for mv in registry.versions()} == before  # nothing was registered
+    assert "conversion" not in registry.get_version(version).tags  # nor converted
+
+
+def test_the_verified_loader_loads_the_version_the_uri_names(champion, tmp_path) -> None:
+    settings, version, _ = champion
+    texts = ["apple banana cherry", "river ocean valley", "engine wheel brake"]
+    plain = mlflow.pyfunc.load_model(_uri(settings)).predict(texts)
+    model = tuneloop.model.load(_uri(settings))
+    assert model.unwrap_python_model().loaded.version == version
+    assert model.predict(texts).equals(plain)  # served after its temporary copy is gone
+    kept = tuneloop.model.download(f"models:/{settings.model_name}/{version}", tmp_path / "kept")
+    assert (kept / "MLmodel").is_file() and (kept / "registered_model_meta").is_file()
+    assert mlflow.pyfunc.load_model(str(kept)).predict(texts).equals(plain)  # `mlflow models serve -m`
+    with pytest.raises(ValueError, match="not an empty folder"):
+        tuneloop.model.download(_uri(settings), tmp_path / "kept")
+    info = Registry(settings).get_version(version)
+    for uri in (f"runs:/{info.run_id}/model", str(kept), f"models:/{settings.model_name}/latest"):
+        with pytest.raises(ValueError, match="give models:/<name>@<alias> or models:/<name>/<version>"):
+            tuneloop.model.load(uri)
+
+
+def test_the_verified_loader_refuses_a_changed_code_file_or_mlmodel_before_mlflow_reads_it(
+    champion, tmp_path
+) -> None:
+    settings, version, _ = champion
+    code = _artifact_file(settings, version, "model/pyfunc_model.py")
+    mlmodel = _artifact_file(settings, version, "model/MLmodel")
+    sums_file = _artifact_file(settings, version, "model/checksums.json")
+    marker = tmp_path / "payload-ran"
+    payload = code.read_bytes() + f"\nimport pathlib\npathlib.Path({str(marker)!r}).touch()\n".encode()
+    sums = {**json.loads(sums_file.read_text()), "pyfunc_model.py": hashlib.sha256(payload).hexdigest()}
+    rehashed = json.dumps(sums).encode()
+    cases = [
+        ([(code, payload)], r"pyfunc_model.py: sha256 .* but checksums.json records"),
+        ([(code, payload), (sums_file, rehashed)], MANIFEST_REFUSED),
+        ([(mlmodel, b"flavors: [not: {valid yaml")], r"MLmodel: sha256 .* but checksums.json records"),
+    ]
+    for edits, refusal in cases:
+        with _tampered(*edits), pytest.raises(IntegrityError, match=refusal):
+            tuneloop.model.load(_uri(settings), dst=tmp_path / "dl")
+        assert not marker.exists() and not (tmp_path / "dl").exists()
+    # What plain `mlflow.pyfunc.load_model` does not check (README): it runs the code file first;
+    # the check in load_context refuses the version only after that.
+    with _tampered((code, payload)), pytest.raises(IntegrityError, match="pyfunc_model.py: sha256"):
+        mlflow.pyfunc.load_model(_uri(settings))
+    assert marker.exists()
+
+
+def test_the_readme_and_docstrings_name_every_backend_the_model_may_load() -> None:
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme.split("### Load and score a version with MLflow", 1)[1].split("\n### ", 1)[0]
+    for backend in mlflow_model.BACKENDS:
+        assert f'"{backend}"' in section, backend
+        assert f'"{backend}"' in (pyfunc_model.TuneloopClassifier.backend.__doc__ or ""), backend
+    # Each backend's file and tag, in the README and the module that loads them.
+    for text in (section, mlflow_model.__doc__ or ""):
+        for needle in ("int8_sha256", "onnx_opt_sha256", "int8_serve", "PyTorch", "checksums_sha256"):
+            assert needle in text, needle
+
+
 # --- after `tuneloop convert` (keep below the tests of the unconverted version) ------------------
 
 
@@ -229,6 +361,17 @@ def test_a_tampered_onnx_graph_is_refused_at_load(converted) -> None:
     refused = pytest.raises(IntegrityError, match=rf"{name}: sha256 .* but the version records")
     with _tampered((graph, graph.read_bytes() + b"\0")), refused:
         mlflow.pyfunc.load_model(_uri(settings))
+
+
+def test_after_convert_swapped_labels_are_refused_by_the_onnx_service_and_the_model(converted, tmp_path):
+    settings, version, _ = converted
+    source = _service(settings, tmp_path)
+    assert source.load(version).backend.startswith("onnx-")  # the ONNX path reads merged/ files alone
+    with _tampered(*_swapped_labels_rehashed(settings, version)):
+        with pytest.raises(IntegrityError, match=MANIFEST_REFUSED):
+            source.load(version)
+        with pytest.raises(IntegrityError, match=MANIFEST_REFUSED):
+            tuneloop.model.load(_uri(settings))
 
 
 def test_read_texts_takes_a_column_a_list_or_a_dict() -> None:

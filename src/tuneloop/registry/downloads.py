@@ -1,11 +1,13 @@
 """Downloads and verification: a version's files come back only if they match what was recorded.
 
-Every file is checked against the version's checksums.json manifests and the weight files also
-against their sha256 tags (registry/verify.py judges; this module fetches and deletes a mismatch).
+Every file is checked against the version's root checksums.json, that manifest against the
+version's `checksums_sha256` tag, and the weight files also against their sha256 tags
+(registry/verify.py judges; this module fetches, and deletes a download that fails).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from tuneloop.files import sha256_file
 from tuneloop.registry.client import RegistryError, VersionInfo
-from tuneloop.registry.verify import MANIFEST, checksum_problems, flatten_manifests
+from tuneloop.registry.verify import MANIFEST, MANIFEST_TAG, checksum_problems
 from tuneloop.registry.versions import VersionStore
 
 
@@ -23,9 +25,10 @@ class Downloads(VersionStore):
     def download(self, version: str, subpath: str = "", dst: Path | None = None, verify: bool = True) -> Path:
         """Download (part of) a version's artifacts and return the local folder (or file).
 
-        With `verify` (the default), every file is checked against the version's checksums.json
-        and the weight files also against their sha256 tags; a mismatch deletes the download and
-        raises RegistryError naming the file and both hashes.
+        With `verify` (the default), every file is checked against the version's checksums.json,
+        that manifest against the `checksums_sha256` tag, and the weight files also against their
+        sha256 tags; a mismatch, or a version with no such tag, deletes the download and raises
+        RegistryError naming each file and both hashes.
         """
         import mlflow
 
@@ -48,7 +51,8 @@ class Downloads(VersionStore):
             listing = "\n".join(f"  - {p}" for p in problems)
             raise RegistryError(
                 f"v{info.version} ({uri}) does not match its recorded checksums; the download was "
-                f"deleted. Do not use this version until its artifacts are restored:\n{listing}"
+                f"deleted. Do not use this version until its artifacts are restored (or, with no "
+                f"{MANIFEST_TAG} tag, re-anchored):\n{listing}"
             )
         return local
 
@@ -62,28 +66,26 @@ class Downloads(VersionStore):
             prefix = f"{subpath}/" if subpath else ""
             files = (p for p in local.rglob("*") if p.is_file())
             actual = {prefix + str(p.relative_to(local)): sha256_file(p) for p in files}
-        # The manifests that may cover these files: the root one, and one in each folder on the way
-        # down to `subpath` (a later stage adds e.g. onnx/checksums.json for what it logged).
-        parts = subpath.split("/")[:-1] if local.is_file() else [p for p in subpath.split("/") if p]
-        folders = ["/".join(parts[:i]) for i in range(len(parts) + 1)]
-        folders += sorted({p.rsplit("/", 1)[0] if "/" in p else "" for p in actual if p.endswith(MANIFEST)})
-        manifests: dict[str, dict[str, str]] = {}
-        with tempfile.TemporaryDirectory(prefix="tuneloop-sums-") as tmp:
-            for folder in dict.fromkeys(folders):
-                listed = mlflow.artifacts.list_artifacts(artifact_uri=f"{source}/{folder}".rstrip("/"))
-                if not any(f.path.rsplit("/", 1)[-1] == MANIFEST for f in listed):
-                    continue
-                name = f"{folder}/{MANIFEST}" if folder else MANIFEST
-                got = mlflow.artifacts.download_artifacts(artifact_uri=f"{source}/{name}", dst_path=tmp)
-                manifests[folder] = json.loads(Path(got).read_text())
-        if "" not in manifests:
-            raise RegistryError(
-                f"v{info.version} has no {MANIFEST} at the root of {source}, so its files cannot be "
-                "verified; it was not registered by `tuneloop train` (download(verify=False) skips "
-                "the check knowingly)."
-            )
+        # The root manifest is the only reference (a checksums.json deeper down is a file it lists).
+        # Downloaded with the folder, that very copy is checked; otherwise it is fetched alone.
+        if MANIFEST in actual:
+            data = (local if local.is_file() else local / MANIFEST).read_bytes()
+        else:
+            listed = mlflow.artifacts.list_artifacts(artifact_uri=source)
+            if not any(f.path.rsplit("/", 1)[-1] == MANIFEST for f in listed):
+                raise RegistryError(
+                    f"v{info.version} has no {MANIFEST} at the root of {source}, so its files cannot be "
+                    "verified; it was not registered by `tuneloop train` (download(verify=False) skips "
+                    "the check knowingly)."
+                )
+            with tempfile.TemporaryDirectory(prefix="tuneloop-sums-") as tmp:
+                got = mlflow.artifacts.download_artifacts(artifact_uri=f"{source}/{MANIFEST}", dst_path=tmp)
+                data = Path(got).read_bytes()
+        recorded = json.loads(data)
         expected_under = None if local.is_file() else subpath
-        return checksum_problems(actual, flatten_manifests(manifests), info.tags, expected_under)
+        return checksum_problems(
+            actual, hashlib.sha256(data).hexdigest(), recorded, info.tags, expected_under
+        )
 
 
 def _remove(local: Path, made: Path | None) -> None:

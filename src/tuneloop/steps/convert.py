@@ -147,8 +147,9 @@ def _convert(
 
     work = settings.work_dir / "convert" / f"v{info.version}"
     shutil.rmtree(work / "input", ignore_errors=True)  # never convert a stale or partial download
-    # verify=True: every file against the version's checksums.json and merged_sha256; a mismatch
-    # raises naming the file and both hashes, before anything is converted or recorded.
+    # verify=True: every file against the version's checksums.json (itself against the version's
+    # checksums_sha256 tag) and merged_sha256; a mismatch raises naming the file and both hashes,
+    # before anything is converted or recorded.
     merged = registry.download(info.version, "merged", work / "input", verify=True)
     train = snap.load_split(folder, snapshot_id, "train")
     calibration = train["text"].tolist() if calibrate else None

@@ -6,21 +6,31 @@ file `pyfunc_model.py`, no pickle) whose `model_config` names the registered mod
 the choice is made at load time from the version's tags, read from the registry MLflow itself
 points at (MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI):
 
-    every file of the downloaded folder ─> sha256 vs checksums.json, weights vs their sha256 tags
-    conversion=passed ─> conversions/<key>/model.int8.onnx, checked against int8_sha256 ─> ORT INT8
-    anything else (or an ONNX load that fails for a reason other than its checksum) ─> merged PyTorch
+    every file of the downloaded folder ─> sha256 vs checksums.json, checksums.json vs the
+        checksums_sha256 tag, weights vs their sha256 tags
+    conversion=passed ─> conversions/<key>/model.int8.onnx vs int8_sha256 ─> ORT INT8
+        (unless int8_serve=fp32: the conversion timed INT8 no faster than fp32 on its host)
+    then, or when INT8 fails to load ─> model.opt.onnx vs onnx_opt_sha256 ─> ORT fp32
+    conversion not passed, or no ONNX graph loads ─> the merged PyTorch model
 
+A file that fails its checksum refuses the version; only another failure lets the next backend try.
 The backends and the choice between them are serving's (`tuneloop.serve.backends`), so the MLflow
 Model and the BentoML service run the same code on the same files.
+
+MLflow parses `MLmodel` and runs `pyfunc_model.py` before `load_context` checks anything, so those
+two files are verified only by `load_verified` (public as `tuneloop.model.load`): it resolves a
+`models:/` URI to one version, downloads the folder, verifies every file, and only then hands the
+checked local copy to MLflow's own loader.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +67,9 @@ BACKENDS = ("onnx-int8", "onnx-fp32", "torch")  # best first; fp32 ONNX where IN
 # Written by MLflow itself into a folder it downloads for a `models:/` URI; not one of ours.
 MLFLOW_META_FILES = frozenset({"registered_model_meta"})
 DEFAULT_TOP_K = 3
+# The MLflow Model's input example (input_example.json, serving_input_example.json): fixed and
+# neutral. The folder is published with every version, so it must hold no row of anyone's data.
+INPUT_EXAMPLE = ("I would like to know the status of my request",)
 # Texts per forward pass: evaluate's batch size, so each batch pads as it does there.
 BATCH_SIZE = 64
 
@@ -110,9 +123,7 @@ def signature() -> Any:
     )
 
 
-def write_pyfunc(
-    model_dir: Path, model_name: str, run_id: str, max_length: int, example_texts: Sequence[str]
-) -> list[str]:
+def write_pyfunc(model_dir: Path, model_name: str, run_id: str, max_length: int) -> list[str]:
     """Write the MLmodel and its files into `model_dir` (before its checksums.json); return their names."""
     import mlflow
     import pandas as pd
@@ -125,7 +136,7 @@ def write_pyfunc(
             python_model=str(CODE_FILE),
             model_config=config,
             signature=signature(),
-            input_example=pd.DataFrame({"text": list(example_texts)}),
+            input_example=pd.DataFrame({"text": list(INPUT_EXAMPLE)}),
             pip_requirements=pip_requirements(),
         )
         names = sorted(p.name for p in out.iterdir())
@@ -148,19 +159,19 @@ class LoadedVersion:
 
 
 def folder_problems(model_dir: Path, tags: Mapping[str, str]) -> list[str]:
-    """Files of a downloaded version folder that do not match its checksums.json or sha256 tags."""
+    """Files of a downloaded version folder that do not match its anchored checksums.json or tags."""
     import json
 
     manifest = model_dir / MANIFEST
     if not manifest.is_file():
         return [f"{MANIFEST}: missing, so no file of the folder can be verified"]
-    recorded = json.loads(manifest.read_text())
+    data = manifest.read_bytes()
     actual = {
         str(p.relative_to(model_dir)): sha256_file(p)
         for p in sorted(model_dir.rglob("*"))
         if p.is_file() and str(p.relative_to(model_dir)) not in MLFLOW_META_FILES
     }
-    return checksum_problems(actual, recorded, tags, expected_under="")
+    return checksum_problems(actual, hashlib.sha256(data).hexdigest(), json.loads(data), tags, "")
 
 
 def find_version(client: Any, model_dir: Path, model_name: str, run_id: str) -> tuple[str, dict[str, str]]:
@@ -189,6 +200,68 @@ def find_version(client: Any, model_dir: Path, model_name: str, run_id: str) -> 
         )
     newest = max(found, key=lambda mv: int(mv.version))
     return str(newest.version), dict(newest.tags or {})
+
+
+# The URIs a verified load takes: a version by alias or by number (what carries the tags).
+MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[0-9]+))/?$")
+
+
+def resolve_version(client: Any, uri: str) -> tuple[str, Any]:
+    """(registered model name, ModelVersion) that `models:/<name>@<alias>` or `models:/<name>/<N>` names."""
+    match = MODELS_URI.match(uri.strip())
+    if match is None:
+        raise ValueError(
+            f"{uri!r}: give models:/<name>@<alias> or models:/<name>/<version>; only a registered "
+            "version carries the tags its files are verified against (a runs:/ URI or a folder has none)"
+        )
+    name = match["name"]
+    if match["alias"]:
+        return name, client.get_model_version_by_alias(name, match["alias"])
+    return name, client.get_model_version(name, match["version"])
+
+
+def download_verified(uri: str, dst: Path) -> Path:
+    """Download the version `uri` names into `dst` (new or empty) and verify every file; return it.
+
+    MLmodel and pyfunc_model.py are checked like every other file, before anything parses or runs
+    them. Raises IntegrityError naming each file that fails, after deleting `dst`'s download.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    dst = Path(dst)
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise ValueError(f"{dst} is not an empty folder: a verified download goes into a folder of its own")
+    name, mv = resolve_version(MlflowClient(), uri)
+    dst.mkdir(parents=True, exist_ok=True)
+    # Through models:/<name>/<N>, so MLflow writes registered_model_meta and the pyfunc's own check
+    # (load_version) later reads the version's tags, not those of another version of the same run.
+    local = Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(dst))
+    )
+    problems = folder_problems(local, dict(mv.tags or {}))
+    if problems:
+        shutil.rmtree(dst, ignore_errors=True)
+        raise IntegrityError(
+            f"refusing {uri} (v{mv.version}): its files do not match their recorded checksums, so "
+            "nothing of it was parsed or run; the download was deleted:\n"
+            + "\n".join(f"  - {p}" for p in problems)
+        )
+    return local
+
+
+def load_verified(uri: str, dst: Path | None = None) -> Any:
+    """`mlflow.pyfunc.load_model(uri)` with every file verified first (`download_verified`).
+
+    The checked copy is kept in `dst` when given (new or empty), else in a temporary folder removed
+    once loaded (the model is in memory by then).
+    """
+    import mlflow
+
+    if dst is not None:
+        return mlflow.pyfunc.load_model(str(download_verified(uri, Path(dst))))
+    with tempfile.TemporaryDirectory(prefix="tuneloop-model-") as tmp:
+        return mlflow.pyfunc.load_model(str(download_verified(uri, Path(tmp) / "model")))
 
 
 def load_version(model_dir: Path, config: Mapping[str, Any]) -> LoadedVersion:

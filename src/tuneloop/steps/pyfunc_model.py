@@ -1,8 +1,10 @@
 """The pyfunc of a registered tuneloop version, as models-from-code: MLflow runs this file to load it.
 
 `log_round` saves it into the version's folder with a `model_config` naming the registered model and
-the run; the work (verifying every file, choosing ONNX INT8 or PyTorch from the version's tags) is in
-`tuneloop.steps.mlflow_model`, so this file stays what MLflow needs and nothing is pickled.
+the run; the work (verifying every file, choosing ONNX INT8, ONNX fp32 or PyTorch from the version's
+tags) is in `tuneloop.steps.mlflow_model`, so this file stays what MLflow needs and nothing is pickled.
+MLflow runs this file before `load_context` can check anything, this file included: load through
+`tuneloop.model.load`, which verifies the whole folder first.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class TuneloopClassifier(PythonModel):
 
     @property
     def backend(self) -> str | None:
-        """ "onnx-int8" or "torch" once loaded (also logged at load, with why better ones stood aside)."""
+        """ "onnx-int8", "onnx-fp32" or "torch" once loaded (logged, with why better ones stood aside)."""
         return self.loaded.backend if self.loaded is not None else None
 
     def load_context(self, context: Any) -> None:

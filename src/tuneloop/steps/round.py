@@ -23,8 +23,10 @@ from typing import Any
 
 from tuneloop.config import Settings
 from tuneloop.data import snapshot as snap
+from tuneloop.files import sha256_file
 from tuneloop.registry.policy import Policy, load_policy
 from tuneloop.registry.store import Registry, RegistryError, VersionInfo
+from tuneloop.registry.verify import MANIFEST, MANIFEST_TAG
 from tuneloop.steps.round_data import (
     RoundData,
     SnapshotPlan,
@@ -201,8 +203,9 @@ def _train_and_register(
         from tuneloop.train.model import read_labels
 
         shutil.rmtree(work / "parent", ignore_errors=True)
-        # verify=True: the sha256 of every downloaded file against checksums.json and the
-        # adapter_sha256 tag; a round never continues from weights that are not the registered ones.
+        # verify=True: the sha256 of every downloaded file against checksums.json (itself against
+        # the checksums_sha256 tag) and the adapter_sha256 tag; a round never continues from
+        # weights or labels that are not the registered ones.
         parent_adapter = registry.download(champion.version, "adapter", work / "parent", verify=True)
         parent_labels = read_labels(parent_adapter)
     labels = round_label_set(parent_labels, data)
@@ -234,6 +237,8 @@ def _train_and_register(
     sums = json.loads((work / "model" / "checksums.json").read_text())
     tags["adapter_sha256"] = sums["adapter/adapter_model.safetensors"]
     tags["merged_sha256"] = sums["merged/model.safetensors"]
+    # The manifest's own anchor, in the registry apart from the artifacts it vouches for (verify.py).
+    tags[MANIFEST_TAG] = sha256_file(work / "model" / MANIFEST)
     info = registry.register(run_id, MODEL_ARTIFACT, tags)
     shutil.rmtree(work / "parent", ignore_errors=True)
     return info

@@ -194,11 +194,11 @@ def log_round(
         shutil.copytree(merged, model_dir / "merged")
         (model_dir / "replay_manifest.json").write_text(json.dumps(data.replay_manifest, indent=2))
         # The MLmodel (models-from-code, no pickle) goes in before the checksums so they cover it;
-        # it picks INT8 or PyTorch at load from the version's tags, so the folder never changes.
+        # it picks ONNX INT8, ONNX fp32 or PyTorch at load from the version's tags, so the folder
+        # never changes.
         from tuneloop.steps.mlflow_model import write_pyfunc
 
-        examples = data.new_eval["text"].head(2).tolist() or data.train["text"].head(2).tolist()
-        write_pyfunc(model_dir, settings.model_name, str(run.info.run_id), cfg.max_length, examples)
+        write_pyfunc(model_dir, settings.model_name, str(run.info.run_id), cfg.max_length)
         (model_dir / "checksums.json").write_text(json.dumps(checksums(model_dir), indent=2))
         mlflow.log_artifacts(str(model_dir), MODEL_ARTIFACT)
         return str(run.info.run_id)
