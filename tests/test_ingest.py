@@ -149,6 +149,25 @@ def test_golden_set_is_frozen_across_snapshots(home: Path, bundled: dict[str, Pa
     assert (again.accepted, again.duplicates, again.snapshot) == (0, 3, None)
 
 
+def test_a_label_arriving_a_few_rows_at_a_time_fills_its_golden_quota(home: Path, tmp_path: Path) -> None:
+    # Before: golden rows only from a batch bringing 3 x 5 = 15 rows of the label at once, so an
+    # intent that arrives 4 rows a time (feedback, a rare intent) was never guarded against forgetting.
+    cfg = IngestConfig(home=home, settle_seconds=0)
+    held: list[int] = []
+    for batch in range(6):
+        rows = [{"text": f"rare request {batch} number {i}", "label": "rare"} for i in range(4)]
+        rows += [{"text": f"common request {batch} number {i}", "label": "common"} for i in range(20)]
+        path = tmp_path / f"batch-{batch}.csv"
+        pd.DataFrame(rows).to_csv(path, index=False)
+        assert_balanced(ingest([path], cfg))
+        golden = snap.load_golden(cfg.snapshots_dir)
+        held.append(int((golden["label"] == "rare").sum()))
+        assert int((golden["label"] == "common").sum()) == cfg.golden_per_label  # full from batch 1
+    # A third of each batch's 4 rows (1) until the quota of 5 is full; golden rows never train.
+    assert held == [1, 2, 3, 4, 5, 5]
+    assert not keys(home, "golden") & (keys(home, "train") | keys(home, "eval"))
+
+
 # --- BANKING77 -----------------------------------------------------------------------------------
 
 

@@ -241,10 +241,10 @@ def ingest(
             write_quarantine_report(report, quarantine_rows)
             summary.quarantine_report = str(report)
 
-        golden_labels = set(snap.load_golden(cfg.snapshots_dir)["label"])
+        golden_counts = snap.load_golden(cfg.snapshots_dir)["label"].value_counts().to_dict()
         if accepted:
             splits = snap.split_rows(
-                accepted, cfg.eval_fraction, cfg.golden_per_label, golden_labels, cfg.seed
+                accepted, cfg.eval_fraction, cfg.golden_per_label, golden_counts, cfg.seed
             )
             summary.split = {s: len(splits[s]) for s in snap.SPLITS}
             # Under the lock nobody else cuts a snapshot, so this is the id write_snapshot takes;

@@ -23,7 +23,7 @@ import re
 import shutil
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -153,14 +153,17 @@ def split_rows(
     rows: list[CleanRow],
     eval_fraction: float,
     golden_per_label: int,
-    golden_labels: set[str],
+    golden_counts: Mapping[str, int],
     seed: int,
 ) -> dict[str, list[CleanRow]]:
     """Stratified, seeded split of new rows into train / eval / golden.
 
-    Golden: a label not yet in the golden set gives `golden_per_label` rows, but only when it has at
-    least three times that many (5 golden of 15 leaves 10 to train and evaluate on); otherwise the
-    label waits for a later batch. Eval: round(n * eval_fraction) rows, at least 1 once a label has 2.
+    Golden: a label short of its quota (`golden_per_label`, counted in `golden_counts` over earlier
+    snapshots) freezes up to a third of this batch's rows of it, until the quota is full: 5 golden of
+    15 rows leave 10 to train and evaluate on, and a label arriving 3 or 4 rows at a time (feedback, a
+    rare intent) still fills its quota over a few batches instead of never being guarded. Only new
+    rows can become golden: a row already trained on cannot measure forgetting. Eval:
+    round(n * eval_fraction) rows, at least 1 once a label has 2.
     """
     by_label: dict[str, list[CleanRow]] = {}
     for row in sorted(rows, key=lambda r: r.key):
@@ -170,9 +173,9 @@ def split_rows(
         group = by_label[label]
         order = _rng(seed, label).permutation(len(group))
         shuffled = [group[i] for i in order]
-        if label not in golden_labels and golden_per_label and len(shuffled) >= 3 * golden_per_label:
-            out["golden"].extend(shuffled[:golden_per_label])
-            shuffled = shuffled[golden_per_label:]
+        frozen = min(max(golden_per_label - golden_counts.get(label, 0), 0), len(shuffled) // 3)
+        out["golden"].extend(shuffled[:frozen])
+        shuffled = shuffled[frozen:]
         n = len(shuffled)
         n_eval = min(max(round(n * eval_fraction), 1 if n >= 2 else 0), n - 1) if n else 0
         out["eval"].extend(shuffled[:n_eval])
