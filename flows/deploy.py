@@ -35,6 +35,7 @@ DEPLOYMENTS: list[tuple[str, str, dict[str, Any]]] = [
     # The single-stage flows stay for operators; the nightly round is continual's now.
     ("flows/train.py:train_flow", "manual", {}),
     ("flows/train.py:approve_flow", "manual", {}),
+    ("flows/ingest.py:exclude_flow", "manual", {}),
 ]
 
 
@@ -65,7 +66,7 @@ def options(entrypoint: str, schedule: dict[str, Any]) -> dict[str, Any]:
 def runner_deployments() -> list[Any]:
     """Every deployment as a RunnerDeployment of the flows imported here (for `serve`)."""
     from flows.continual import continual_flow
-    from flows.ingest import ingest_flow
+    from flows.ingest import exclude_flow, ingest_flow
     from flows.train import approve_flow, train_flow
     from flows.watch import watch_flow
 
@@ -75,6 +76,7 @@ def runner_deployments() -> list[Any]:
         "watch_flow": watch_flow,
         "train_flow": train_flow,
         "approve_flow": approve_flow,
+        "exclude_flow": exclude_flow,
     }
     return [
         flows[ep.split(":")[1]].to_deployment(name=name, **options(ep, sched))

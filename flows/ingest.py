@@ -19,6 +19,7 @@ from prefect.events import emit_event
 
 from flows.events import DATA_LANDED
 from tuneloop.config import load_settings
+from tuneloop.steps.exclusions import exclude_step
 from tuneloop.steps.ingest import ingest_step
 
 
@@ -38,6 +39,19 @@ def ingest_flow(paths: list[str] | None = None) -> dict[str, Any]:
             resource={"prefect.resource.id": f"tuneloop.snapshot.{result['snapshot']}"},
             payload={"snapshot": result["snapshot"], "rows": result["accepted"]},
         )
+    return result
+
+
+@task(name="exclude-snapshot")
+def exclude_task(snapshot: str, reason: str, by: str | None, undo: bool) -> dict[str, Any]:
+    return exclude_step(load_settings(), snapshot, reason, by=by, undo=undo)
+
+
+@flow(name="exclude", log_prints=True)
+def exclude_flow(snapshot: str, reason: str, by: str | None = None, undo: bool = False) -> dict[str, Any]:
+    """Keep a snapshot out of every later round (or let it back with `undo`): `tuneloop exclude`."""
+    result = exclude_task(snapshot, reason, by, undo)
+    get_run_logger().info(f"{snapshot}: excluded now {result['excluded_now']}")
     return result
 
 

@@ -116,3 +116,14 @@ def test_config_and_status_never_print_the_tracking_password(cli_env, monkeypatc
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
         assert "hunter2" not in result.output and masked in result.output, args
+
+
+def test_status_lists_labels_short_of_their_golden_quota(cli_env):
+    rows = [{"text": f"rare ask {i}", "label": "rare"} for i in range(4)]
+    rows += [{"text": f"common ask number {i}", "label": "common"} for i in range(20)]
+    pd.DataFrame(rows).to_csv(cli_env / "drop.csv", index=False)
+    assert runner.invoke(app, ["ingest", str(cli_env / "drop.csv")]).exit_code == 0
+    data = json.loads(runner.invoke(app, ["status", "--json", "--no-registry"]).stdout)["data"]
+    assert data["golden_short"] == {"rare": 1} and data["golden_per_label"] == 5
+    text = " ".join(runner.invoke(app, ["status", "--no-registry"]).output.split())
+    assert "labels short of 5 golden rows" in text and "rare (1)" in text

@@ -42,6 +42,7 @@ POLICY = GatePolicy(
     min_label_support=5,
     # The point estimate alone: the tests below fix exact rows; the paired bootstrap has its own.
     golden_drop_confidence=0.0,
+    min_snapshot_eval_rows=20,
 )
 
 
@@ -298,6 +299,7 @@ class _PlainThresholds:
     max_per_label_drop_points: float = POLICY.max_per_label_drop_points
     min_label_support: int = POLICY.min_label_support
     golden_drop_confidence: float = POLICY.golden_drop_confidence
+    min_snapshot_eval_rows: int = POLICY.min_snapshot_eval_rows
 
 
 def test_gates_take_plain_thresholds_and_the_registry_policy_alike() -> None:
@@ -366,39 +368,158 @@ def test_per_label_table_and_backward_transfer_figure(tmp_path: Path) -> None:
 # --- the paired bootstrap: noise passes, forgetting does not (evaluate/uncertainty.py) ---
 
 
-def test_paired_drop_bound_is_zero_for_two_lost_rows_and_positive_for_three() -> None:
+def _lost(golden: list[str], rows: list[int], to: str = "intent_5") -> list[str]:
+    return _with_errors(golden, dict.fromkeys(rows, to))
+
+
+def test_paired_drop_two_lost_rows_are_noise_and_four_are_real_for_every_seed() -> None:
     from tuneloop.evaluate.uncertainty import paired_drop
 
     golden = _truth(GOLDEN_PER_LABEL)  # 10 labels x 5 rows, the champion right on every row
-    two = paired_drop(golden, golden, _with_errors(golden, {0: "intent_5", 1: "intent_5"}), LABELS)
-    three = paired_drop(
-        golden, golden, _with_errors(golden, {0: "intent_5", 1: "intent_5", 2: "intent_5"}), LABELS
-    )
-    assert two.drop > 2.0 and two.lower == 0.0 and not two.real  # (48/50)^50 = 13% of resamples miss both
-    assert three.drop > two.drop and three.lower > 0.0 and three.real  # (47/50)^50 = 4.5%
-    again = paired_drop(golden, golden, _with_errors(golden, {0: "intent_5", 1: "intent_5"}), LABELS)
-    assert again == two  # seeded
+    seeds = range(100)
+    for rows in ([0, 1], [0, 5]):  # one label's two rows, or one row of two labels
+        bounds = [paired_drop(golden, golden, _lost(golden, rows), LABELS, seed=seed) for seed in seeds]
+        assert all(b.drop > 2.0 and not b.real for b in bounds)  # (48/50)^50 = 13% of draws miss both
+    four = [paired_drop(golden, golden, _lost(golden, [0, 5, 10, 15]), LABELS, seed=s) for s in seeds]
+    assert all(b.real for b in four)  # (46/50)^50 = 1.5% of draws miss all four
+    # Three rows sit on the edge: (47/50)^50 = 4.5% of draws against a 5% tail. Real for most seeds,
+    # not all: which is why the macro check's draws are seeded from the round key (one verdict per
+    # round), and why the per-label check does not rest on a bootstrap at all.
+    three = sum(paired_drop(golden, golden, _lost(golden, [0, 5, 10]), LABELS, seed=s).real for s in seeds)
+    assert 70 <= three < 100
+    again = paired_drop(golden, golden, _lost(golden, [0, 1]), LABELS, seed=7)
+    assert again == paired_drop(golden, golden, _lost(golden, [0, 1]), LABELS, seed=7)  # seeded
     with pytest.raises(ValueError):
         paired_drop(golden, golden[:-1], golden, LABELS)
 
 
-def test_uncertainty_aware_gate_passes_a_small_swing_and_refuses_real_forgetting() -> None:
-    policy = POLICY.model_copy(update={"golden_drop_confidence": 0.95, "max_per_label_drop_points": 24.0})
+DEFAULT_GATES = load_policy(REPO / "registry" / "policy.yaml").gates
+
+
+def _golden_report(
+    y_true: list[str], y_pred: list[str], labels: list[str], version: str | None
+) -> EvalReport:
+    """A report with the golden set only beside a perfect `new` set (the floors are not under test)."""
+    new = _truth(2, labels)
+    sets = {"new": (new, new), "golden": (list(map(str, range(len(y_true)))), y_true)}
+    table = dict(zip(map(str, range(len(y_true))), y_pred, strict=True)) | {t: t for t in new}
+    return build_report(lambda texts: [table[t] for t in texts], sets, labels, version, labels)
+
+
+@pytest.mark.parametrize("n_labels", [10, 20, 77])  # 50, 100 and 385 golden rows
+def test_a_label_losing_three_of_five_rows_is_refused_wherever_its_rows_fall(n_labels: int) -> None:
+    # The review's finding: judged through a bootstrap over all golden rows, this label passed 14% /
+    # 28% / 41% of the time at 50 / 100 / 385 rows, depending only on where its rows fell.
+    labels = [f"intent_{i}" for i in range(n_labels)]
+    for seed in range(15):
+        rng = random.Random(seed)
+        y_true = _truth(GOLDEN_PER_LABEL, labels)
+        rng.shuffle(y_true)
+        victim = rng.choice(labels)
+        # The champion makes a few mistakes on other labels (a realistic 2%); the candidate keeps them.
+        champion = [rng.choice(labels) if t != victim and rng.random() < 0.02 else t for t in y_true]
+        right = [i for i, t in enumerate(y_true) if t == victim]
+        lost = rng.sample(right, 3)
+        candidate = [
+            rng.choice([x for x in labels if x != victim]) if i in lost else p for i, p in enumerate(champion)
+        ]
+        decision = decide_gates(
+            _golden_report(y_true, candidate, labels, None),
+            _golden_report(y_true, champion, labels, "3"),
+            DEFAULT_GATES,
+            seed=seed,
+        )
+        per_label = next(c for c in decision.checks if c.name == "golden_per_label_drop")
+        assert not per_label.passed, (n_labels, seed, per_label.detail)
+        assert any(f"label {victim!r} dropped" in r for r in decision.reasons), decision.reasons
+
+
+def test_a_label_going_from_two_of_five_to_none_is_refused() -> None:
+    # F1 0.57 -> 0: the review found this always passed (the bootstrap over all rows saw noise).
     golden = _truth(GOLDEN_PER_LABEL)
-    # Two rows of one label lost (the demo's round 2): over both limits, within noise: passes.
-    swing = _report(_truth(NEW_PER_LABEL), _with_errors(golden, {0: "intent_5", 1: "intent_5"}))
-    decision = decide_gates(swing, _champion(), policy)
+    champion = _report(_truth(NEW_PER_LABEL), _lost(golden, [2, 3, 4], "intent_9"), version="3")
+    candidate = _report(_truth(NEW_PER_LABEL), _lost(golden, [0, 1, 2, 3, 4], "intent_9"))
+    assert champion.golden is not None and champion.golden.per_label["intent_0"].f1 == pytest.approx(4 / 7)
+    decision = decide_gates(candidate, champion, DEFAULT_GATES)
+    assert not decision.passed
+    assert any("label 'intent_0' dropped 57.1 points" in r for r in decision.reasons), decision.reasons
+
+
+def test_a_one_row_swing_passes_and_the_bootstrap_softens_only_the_macro_check() -> None:
+    golden = _truth(GOLDEN_PER_LABEL)
+    # One row of each of two labels lost: 4.2 points of macro-F1 (over the 2.0 limit), 11.1 and
+    # 16.7 points on the labels (under 24): the regression is within noise, the labels within limit.
+    swing = _report(_truth(NEW_PER_LABEL), _lost(golden, [0, 5]))
+    decision = decide_gates(swing, _champion(), DEFAULT_GATES, seed=11)
     assert decision.passed, decision.reasons
     regression = next(c for c in decision.checks if c.name == "golden_macro_f1_regression")
     assert regression.value is not None and regression.value > 2.0 and "within noise" in regression.detail
-    # The same swing under the point estimate alone is refused: the bootstrap is what lets it pass.
-    assert not decide_gates(
-        swing, _champion(), POLICY.model_copy(update={"max_per_label_drop_points": 24.0})
-    ).passed
-    # A forgotten label (all 5 rows) and a spread of 6 lost rows: refused, with the figures.
-    forgot = _report(_truth(NEW_PER_LABEL), _with_errors(golden, {i: "intent_9" for i in range(5)}))
-    decision = decide_gates(forgot, _champion(), policy)
-    assert not decision.passed
-    assert any("'intent_0' dropped" in r for r in decision.reasons)
-    spread = _report(_truth(NEW_PER_LABEL), _with_errors(golden, {i * 5: "intent_9" for i in range(6)}))
-    assert not decide_gates(spread, _champion(), policy).passed
+    assert decision.seed == 11
+    # The same two rows from ONE label: 25 points on that label, over 24, refused for every seed.
+    one_label = _report(_truth(NEW_PER_LABEL), _lost(golden, [0, 1]))
+    for seed in range(20):
+        decision = decide_gates(one_label, _champion(), DEFAULT_GATES, seed=seed)
+        assert not decision.passed and any(
+            "label 'intent_0' dropped 25.0 points" in r for r in decision.reasons
+        )
+    # A forgotten label and a spread of 6 lost rows: refused.
+    forgot = _report(_truth(NEW_PER_LABEL), _lost(golden, list(range(5)), "intent_9"))
+    assert not decide_gates(forgot, _champion(), DEFAULT_GATES).passed
+    spread = _report(_truth(NEW_PER_LABEL), _lost(golden, [i * 5 for i in range(6)], "intent_9"))
+    assert not decide_gates(spread, _champion(), DEFAULT_GATES).passed
+
+
+def test_a_borderline_regression_depends_on_the_seed_it_is_given_and_only_on_it() -> None:
+    # Three lost rows of 50 sit on the edge of the 5% tail: the verdict is the seed's. The loop gives
+    # each round its own (from the round key) instead of seed 0 for every comparison of every round.
+    golden = _truth(GOLDEN_PER_LABEL)
+    policy = DEFAULT_GATES.model_copy(update={"max_per_label_drop_points": 100.0})
+    candidate = _report(_truth(NEW_PER_LABEL), _lost(golden, [0, 5, 10]))
+    verdicts = {seed: decide_gates(candidate, _champion(), policy, seed=seed).passed for seed in range(40)}
+    assert set(verdicts.values()) == {True, False}
+    assert all(decide_gates(candidate, _champion(), policy, seed=s).passed == v for s, v in verdicts.items())
+
+
+# --- floors per snapshot: a poisoned snapshot cannot hide behind a clean one ---
+
+
+def _snapshot_report(parts: dict[str, tuple[int, float]], seed: int = 0) -> EvalReport:
+    """`new` made of snapshots {id: (rows, share predicted right)}, grouped as the round groups them."""
+    rng = random.Random(seed)
+    texts, truth, groups, table = [], [], [], {}
+    for sid, (rows, right) in parts.items():
+        for i in range(rows):
+            label = LABELS[i % len(LABELS)]
+            text = f"{sid}-{i}"
+            texts.append(text)
+            truth.append(label)
+            groups.append(sid)
+            table[text] = label if rng.random() < right else rng.choice([x for x in LABELS if x != label])
+    golden = _truth(GOLDEN_PER_LABEL)
+    table |= {f"gold-{i}": label for i, label in enumerate(golden)}
+    sets = {"new": (texts, truth), "golden": ([f"gold-{i}" for i in range(len(golden))], golden)}
+    return build_report(lambda t: [table[x] for x in t], sets, LABELS, groups={"new": groups})
+
+
+def test_a_poisoned_snapshot_fails_its_own_floor_though_the_pool_passes() -> None:
+    # 1,200 clean rows (240 eval) learnt; 400 rows with shuffled labels (80 eval) scored at chance.
+    report = _snapshot_report({"snap-0001": (240, 0.98), "snap-0002": (80, 0.1)})
+    assert set(report.parts("new")) == {"snap-0001", "snap-0002"}
+    decision = decide_gates(report, None, DEFAULT_GATES)
+    checks = {c.name: c for c in decision.checks}
+    assert checks["new_macro_f1"].passed and checks["new_macro_f1"].value > 0.70  # the pool hides it
+    assert checks["new_macro_f1@snap-0001"].passed
+    assert not checks["new_macro_f1@snap-0002"].passed and not decision.passed
+    reason = next(r for r in decision.reasons if "snap-0002" in r)
+    assert "tuneloop exclude" in reason and "(80 rows)" in reason
+
+
+def test_snapshots_with_few_eval_rows_are_judged_together_and_one_part_is_the_pool() -> None:
+    small = _snapshot_report({"snap-0001": (240, 0.98), "snap-0002": (6, 0.5), "snap-0003": (6, 1.0)})
+    names = [c.name for c in decide_gates(small, None, DEFAULT_GATES).checks]
+    assert names == ["new_macro_f1", "new_macro_f1@snap-0001", "new_macro_f1@small", "union_macro_f1"]
+    single = _snapshot_report({"snap-0001": (240, 0.98)})
+    assert [c.name for c in decide_gates(single, None, DEFAULT_GATES).checks] == [
+        "new_macro_f1",
+        "union_macro_f1",
+    ]

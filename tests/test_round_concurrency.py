@@ -38,7 +38,7 @@ def test_two_processes_running_one_round_register_one_version(tmp_path: Path) ->
         "TUNELOOP_BASE_MODEL": str(make_tiny_bert(tmp_path / "tiny")),
         "TUNELOOP_EPOCHS": "1",
         "TUNELOOP_LORA_MODULES_TO_SAVE": "pooler",
-        "TUNELOOP_GOLDEN_PER_LABEL": "3",
+        "TUNELOOP_GOLDEN_PER_LABEL": "5",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
@@ -47,7 +47,7 @@ def test_two_processes_running_one_round_register_one_version(tmp_path: Path) ->
     data = tmp_path / "drop.csv"
     pd.DataFrame(rows).to_csv(data, index=False)
     settings = load_settings(
-        home=tmp_path / "home", golden_per_label=3, base_model=env["TUNELOOP_BASE_MODEL"]
+        home=tmp_path / "home", golden_per_label=5, base_model=env["TUNELOOP_BASE_MODEL"]
     )
     ingest_step(settings, [data])
 

@@ -46,6 +46,7 @@ def open_policy(path: Path) -> Path:
         "max_golden_regression_points": 100.0,
         "max_per_label_drop_points": 100.0,
         "min_label_support": 1,
+        "min_snapshot_eval_rows": 1,
     }
     data["approval"] = {"required": False, "auto_approve": False, "approvers": None}
     path.write_text(yaml.safe_dump(data))
@@ -148,8 +149,14 @@ def test_early_stopping_sees_every_eval_row_of_every_old_label(world, round2):
         [snap.load_split(settings.snapshots_dir, s, "eval") for s in ("snap-0003", "snap-0004")]
     )
     assert len(old_eval) >= 2 * len(LABELS) > len(new_eval)  # 2 eval rows per base label
-    assert len(data.stop_eval) == len(old_eval) + len(new_eval)
-    assert sorted(data.stop_eval["text"]) == sorted([*old_eval["text"], *new_eval["text"]])
+    stop, gated = set(data.stop_eval["text"]), set(data.new_eval["text"])
+    assert set(old_eval["text"]) <= stop  # every old label's every eval row
+    # The new eval rows are split, never shared: early stopping selects on one half, the gates (the
+    # `new` and `union` floors, `metric.new.*`) score the other, the larger half of each label.
+    assert not stop & gated
+    assert stop | gated == set(old_eval["text"]) | set(new_eval["text"])
+    for label, rows in new_eval.groupby("label"):
+        assert (data.new_eval["label"] == label).sum() == (len(rows) + 1) // 2
 
 
 def test_an_epochs_override_caps_first_and_continued_rounds_alike(world):

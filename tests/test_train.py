@@ -163,18 +163,22 @@ def test_head_growth_keeps_old_rows_and_predictions(cfg: TrainConfig, round1, tm
     assert (after.argmax(axis=1) == before.argmax(axis=1)).all()
 
     new_rows = pd.concat([make_rows(["delta"], 8, seed=2), make_rows(["alpha"], 4, seed=3)])
+    stop = make_rows(["alpha", "delta"], 3, seed=4)
     result = train_round(
-        new_rows,
-        make_rows(["alpha", "delta"], 3, seed=4),
-        ["alpha", "delta"],
-        tmp_path,
-        cfg,
-        parent_adapter=round1.adapter_dir,
-        progress=False,
+        new_rows, stop, ["alpha", "delta"], tmp_path, cfg, parent_adapter=round1.adapter_dir, progress=False
     )
     assert result.labels == ["alpha", "beta", "gamma", "delta"]
     meta = json.loads((result.adapter_dir / "tuneloop.json").read_text())
     assert meta["parent_adapter"] == str(round1.adapter_dir) and meta["labels"] == result.labels
+    # The saved model itself, loaded back: its 4-way head, labels in that order, is the best epoch's
+    # (its loss on the stopping rows is the one training recorded for that epoch).
+    trained, tok2, labels2 = load_classifier(result.adapter_dir)
+    assert labels2 == result.labels
+    logits = predict_logits(trained, tok2, stop["text"].tolist())
+    assert logits.shape == (len(stop), 4)
+    y = torch.tensor([result.labels.index(label) for label in stop["label"]])
+    loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), y).item()
+    assert loss == pytest.approx(result.best["eval_loss"], abs=1e-5)
 
 
 def test_distillation_teacher_is_the_parent_on_its_old_labels(cfg: TrainConfig, round1) -> None:  # type: ignore[no-untyped-def]

@@ -184,6 +184,16 @@ def _render_status(r: dict[str, Any], wide: bool = False) -> None:
         for label, counts in data["labels"].items()
     ]
     print_table(out, LABEL_COLUMNS, labels, wide=wide, title="rows per label (all snapshots)")
+    for sid, why in data.get("excluded", {}).items():
+        out.print(f"excluded: {sid} by {why['by']} at {why['at']}: {why['reason']}", markup=False)
+    short = data.get("golden_short", {})
+    if short:
+        listing = ", ".join(f"{label} ({n})" for label, n in short.items())
+        out.print(
+            f"labels short of {data['golden_per_label']} golden rows (the per-label forgetting check does "
+            f"not guard them yet; later snapshots fill the quota): {listing}",
+            markup=False,
+        )
     q = data["quarantine"]
     reasons = ", ".join(f"{k}={v}" for k, v in q["reasons"].items()) or "none"
     out.print(
@@ -227,6 +237,41 @@ def _render_waiting(reg: dict[str, Any]) -> None:
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+# --- exclude ---------------------------------------------------------------------------------
+@app.command()
+def exclude(
+    snapshot: Annotated[
+        str, typer.Argument(help="Snapshot id, e.g. snap-0002 (`tuneloop status` lists them).")
+    ],
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded with who and when).")],
+    undo: Annotated[
+        bool, typer.Option("--undo", help="Let an excluded snapshot back into training.")
+    ] = False,
+    by: Annotated[str | None, typer.Option("--by", help="Who (default: $TUNELOOP_USER or $USER).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Keep a snapshot out of every later round: never trained on, replayed or judged again.
+
+    For a snapshot whose labels are wrong (the gates name it when they refuse a round for it): until
+    it is excluded, every round trains on it again and is refused again. The snapshot stays on disk;
+    the decision is recorded with who, when and why, shown by `tuneloop status`, and undone with
+    `--undo --reason TEXT`.
+    """
+    from tuneloop.steps.exclusions import exclude_step
+
+    settings = settings_or_exit()
+    result = run_guarded(lambda: exclude_step(settings, snapshot, reason, by=by, undo=undo))
+    emit(
+        result,
+        as_json,
+        lambda r: out.print(
+            f"{r['snapshot']}: {'excluded from' if r['excluded'] else 'back in'} training ({r['reason']}); "
+            f"excluded now: {', '.join(r['excluded_now']) or 'none'}",
+            markup=False,
+        ),
+    )
 
 
 # --- config ----------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """An evaluation report (Scores per named set) and backward transfer between two models.
 
 The sets the loop uses:
-  - `new`: the eval split of the snapshot the candidate was trained on (what it should have learnt),
+  - `new`: the eval split of the snapshots the candidate was trained on (what it should have learnt),
+  - `new@<snapshot>`: the same rows, one part per snapshot (`build_report(groups=...)`), so a snapshot
+    is judged on its own rows too, not only pooled with cleaner ones,
   - `golden`: the frozen regression set, never trained on (what it must not forget),
-  - `union`: both together (one number for the model as a whole).
+  - `union`: `new` and `golden` together (one number for the model as a whole).
 
 The model comes in as a function `predict_fn(texts) -> labels`, so this package never imports torch
 and tests can hand in a lookup table.
@@ -18,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tuneloop.evaluate.metrics import Scores, score
 
 NEW, GOLDEN, UNION = "new", "golden", "union"
+PART = "@"  # `new@snap-0002`: the rows of `new` that came from snap-0002
 
 PredictFn = Callable[[list[str]], list[str]]
 
@@ -49,6 +52,15 @@ class EvalReport(BaseModel):
         seen = {label for scores in self.sets.values() for label in scores.predicted_labels()}
         order = next(iter(self.sets.values())).labels if self.sets else []
         return [label for label in order if label in seen]
+
+    def whole_sets(self) -> dict[str, Scores]:
+        """The sets without their parts: `new`, `golden`, `union` (what tags and plots show)."""
+        return {name: scores for name, scores in self.sets.items() if PART not in name}
+
+    def parts(self, name: str) -> dict[str, Scores]:
+        """{group: Scores} of the parts of set `name` (`new@snap-0002` -> "snap-0002"), in order."""
+        prefix = name + PART
+        return {key[len(prefix) :]: s for key, s in self.sets.items() if key.startswith(prefix)}
 
     @property
     def new(self) -> Scores | None:
@@ -127,12 +139,15 @@ def build_report(
     labels: Sequence[str],
     version: str | None = None,
     model_labels: Sequence[str] | None = None,
+    groups: Mapping[str, Sequence[str]] | None = None,
 ) -> EvalReport:
     """Predict each set once with `predict_fn` and score it; add `union` when `new` and `golden` exist.
 
     `sets` maps a set name to (texts, true labels). `labels` is the label order for every Scores (pass
     the union of candidate and champion labels so their reports line up). The union set reuses the
-    predictions already made, so the model runs over each row once.
+    predictions already made, so the model runs over each row once. `groups` maps a set name to one
+    group per row (the snapshot each `new` row came from): each group is scored as `<set>@<group>`
+    from the same predictions.
     """
     truths: dict[str, list[str]] = {}
     preds: dict[str, list[str]] = {}
@@ -143,6 +158,13 @@ def build_report(
         if len(predicted) != len(texts):
             raise ValueError(f"set {name!r}: predict_fn returned {len(predicted)} labels for {len(texts)}")
         truths[name], preds[name] = list(y_true), predicted
+    for name, row_groups in (groups or {}).items():
+        if len(row_groups) != len(truths[name]):
+            raise ValueError(f"set {name!r}: {len(row_groups)} groups for {len(truths[name])} rows")
+        for group in dict.fromkeys(row_groups):
+            rows = [i for i, g in enumerate(row_groups) if g == group]
+            truths[f"{name}{PART}{group}"] = [truths[name][i] for i in rows]
+            preds[f"{name}{PART}{group}"] = [preds[name][i] for i in rows]
     if UNION not in sets and NEW in sets and GOLDEN in sets:
         truths[UNION] = truths[NEW] + truths[GOLDEN]
         preds[UNION] = preds[NEW] + preds[GOLDEN]

@@ -51,8 +51,14 @@ class GatePolicy(_Section):
         default=0.95,
         ge=0,
         lt=1,
-        description="A golden drop over its limit is refused only when a paired bootstrap of the "
-        "golden rows puts it above zero with this confidence (0: the point estimate alone decides).",
+        description="A golden macro-F1 regression over its limit is refused only when a paired "
+        "bootstrap of the golden rows puts it above zero with this confidence (0: the point estimate "
+        "alone decides). Never applied to the per-label check, judged on each label's own rows.",
+    )
+    min_snapshot_eval_rows: int = Field(
+        ge=1,
+        description="Eval rows a trained snapshot needs to be judged by the new-data floor on its own; "
+        "snapshots with fewer are judged together.",
     )
 
 
@@ -197,6 +203,26 @@ class PolicyError(ValueError):
         self.problems = problems
         listing = "\n".join(f"  - {problem}" for problem in problems)
         super().__init__(f"invalid policy file {path}:\n{listing}")
+
+
+def check_policy_fits_data(policy: Policy, golden_per_label: int, source: Path | str = "<policy>") -> None:
+    """Refuse gates that would switch themselves off for the data settings (PolicyError).
+
+    A label needs `min_label_support` golden rows before its per-label drop is judged, and ingest
+    freezes at most `golden_per_label` of them: with support above the quota no label ever qualifies,
+    and the check that catches a forgotten label would pass every round without judging one.
+    """
+    support = policy.gates.min_label_support
+    if support > golden_per_label:
+        raise PolicyError(
+            Path(source),
+            [
+                f"gates.min_label_support: {support} golden rows are needed before a label's drop is "
+                f"judged, but golden_per_label freezes at most {golden_per_label} per label, so the "
+                "per-label forgetting check would judge no label at all; lower min_label_support or "
+                "raise golden_per_label (TUNELOOP_GOLDEN_PER_LABEL)"
+            ],
+        )
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -24,9 +24,10 @@ from typing import Any
 from tuneloop.config import Settings
 from tuneloop.data import snapshot as snap
 from tuneloop.files import sha256_file
-from tuneloop.registry.policy import Policy, load_policy
+from tuneloop.registry.policy import Policy, check_policy_fits_data, load_policy
 from tuneloop.registry.store import Registry, RegistryError, VersionInfo
 from tuneloop.registry.verify import MANIFEST, MANIFEST_TAG
+from tuneloop.steps.exclusions import excluded_snapshots
 from tuneloop.steps.round_data import (
     RoundData,
     SnapshotPlan,
@@ -112,6 +113,16 @@ def eval_sets(data: RoundData) -> dict[str, tuple[list[str], list[str]]]:
     }
 
 
+def eval_groups(data: RoundData) -> dict[str, list[str]]:
+    """The snapshot each new eval row came from: the gates judge every snapshot on its own rows too."""
+    return {"new": data.new_eval["snapshot"].tolist()} if not data.new_eval.empty else {}
+
+
+def gate_seed(key: str) -> int:
+    """The bootstrap seed of a round's gates: its key, so a verdict depends on what it compares."""
+    return int(key[:8], 16)
+
+
 def train_step(
     settings: Settings,
     snapshot_id: str | None = None,
@@ -129,11 +140,13 @@ def train_step(
             "(TUNELOOP_GOLDEN_PER_LABEL) before ingesting."
         )
     policy = policy or load_policy(settings.policy_path)
+    check_policy_fits_data(policy, settings.golden_per_label, settings.policy_path)
     registry = Registry(settings)
     snapshot_id = snapshot_id or latest_snapshot(settings)
     cfg = train_config(settings, **config_overrides)
     champion = registry.alias("champion")
-    plan = plan_round(settings.snapshots_dir, snapshot_id, _parent_snapshot(champion))
+    excluded = excluded_snapshots(settings)
+    plan = plan_round(settings.snapshots_dir, snapshot_id, _parent_snapshot(champion), excluded)
     key = round_key(
         content_hashes(settings.snapshots_dir, plan.new),
         content_hashes(settings.snapshots_dir, plan.seen),
@@ -214,7 +227,11 @@ def _train_and_register(
 
     sets = eval_sets(data)
     candidate = build_report(
-        predictor(result.adapter_dir, cfg.max_length), sets, result.labels, model_labels=result.labels
+        predictor(result.adapter_dir, cfg.max_length),
+        sets,
+        result.labels,
+        model_labels=result.labels,
+        groups=eval_groups(data),
     )
     baseline = None
     if parent_adapter is not None:
@@ -225,7 +242,7 @@ def _train_and_register(
             version=parent,
             model_labels=parent_labels,
         )
-    decision = decide_gates(candidate, baseline, policy.gates)
+    decision = decide_gates(candidate, baseline, policy.gates, seed=gate_seed(key))
 
     from tuneloop.train.predict import merge_adapter
 

@@ -43,7 +43,7 @@ def version_tags(
         "replay_sha256": data.replay_manifest.get("sha256", ""),
         "created_at": now_iso(),
     }
-    for set_name, scores in candidate.sets.items():
+    for set_name, scores in candidate.whole_sets().items():
         tags[f"metric.{set_name}.macro_f1"] = f"{scores.macro_f1:.4f}"
         tags[f"metric.{set_name}.accuracy"] = f"{scores.accuracy:.4f}"
     return tags
@@ -163,7 +163,7 @@ def log_round(
                 "best_epoch": result.best_epoch,
             }
         )
-        for set_name, scores in candidate.sets.items():
+        for set_name, scores in candidate.whole_sets().items():
             mlflow.log_metrics(
                 {f"{set_name}.macro_f1": scores.macro_f1, f"{set_name}.accuracy": scores.accuracy}
             )
@@ -171,8 +171,10 @@ def log_round(
                 scores, f"{set_name}: candidate (snapshot {data.snapshot_id})"
             )
             plots.save_figure(fig, report_dir / f"confusion_{set_name}.png")
+        for sid, scores in candidate.parts("new").items():  # each trained snapshot on its own rows
+            mlflow.log_metrics({f"new.{sid}.macro_f1": scores.macro_f1, f"new.{sid}.rows": scores.n})
         if baseline is not None:
-            for set_name, scores in baseline.sets.items():
+            for set_name, scores in baseline.whole_sets().items():
                 mlflow.log_metrics({f"champion.{set_name}.macro_f1": scores.macro_f1})
         table = plots.per_label_table(candidate, baseline)
         table.to_csv(report_dir / "per_label.csv", index=False)

@@ -21,14 +21,18 @@ METRICS_TIMEOUT_S = 5.0  # /metrics answers in milliseconds; 5 s means the servi
 
 
 def new_rows_since(settings: Settings, champion: VersionInfo | None) -> int:
-    """Rows (train + eval + golden) in snapshots the champion has not been trained on."""
+    """Rows (train + eval + golden) in snapshots the champion has not been trained on, leaving out the
+    excluded ones (no round would train on them)."""
+    from tuneloop.steps.exclusions import excluded_snapshots
+
     ids = snap.snapshot_ids(settings.snapshots_dir)
     seen = champion.tags.get("data_snapshot") if champion else None
     floor = snap.snapshot_number(seen) if seen else 0
+    excluded = excluded_snapshots(settings)
     return sum(
         sum(snap.load_manifest(settings.snapshots_dir, sid).rows.values())
         for sid in ids
-        if snap.snapshot_number(sid) > floor
+        if snap.snapshot_number(sid) > floor and sid not in excluded
     )
 
 
