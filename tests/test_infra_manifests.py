@@ -348,6 +348,8 @@ def test_generated_secrets_are_what_the_pods_read(docs: dict[str, list[dict[str,
                 "MLFLOW_TRACKING_PASSWORD",
             }
         )
+        # `tuneloop serve --host 0.0.0.0` refuses to start without a token: the service Secret has it.
+        assert {"TUNELOOP_API_TOKEN", "TUNELOOP_SERVE_SECRET"} <= keys("service")
         # Names the work-pool templates use cannot carry kustomize's hash suffix.
         for name in ("mlflow-trainer", "prefect-client", "service"):
             assert name in secrets, f"Secret {name} must keep its plain name"
@@ -445,6 +447,7 @@ def test_service_probes_metrics_and_scaling(docs: dict[str, list[dict[str, Any]]
         # The service only reads the registry: it logs in as the READ-only user.
         refs = [s["secretRef"]["name"] for s in container["envFrom"] if "secretRef" in s]
         assert any(r.startswith("mlflow-reader") for r in refs) and not any("trainer" in r for r in refs)
+        assert "service" in refs  # TUNELOOP_API_TOKEN: without it the command above refuses to start
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
         assert {"/var/lib/tuneloop", "/var/lib/bentoml", "/tmp"} <= mounts
         find(items, "PodDisruptionBudget", "tuneloop-service")

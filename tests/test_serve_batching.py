@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tuneloop.serve.batching import ItemBatcher, Overloaded
+from tuneloop.serve.batching import ItemBatcher, Overloaded, ShortAnswer
 
 
 def test_concurrent_requests_share_calls_and_get_their_own_items_in_order() -> None:
@@ -75,6 +75,52 @@ def test_items_that_waited_too_long_are_refused_and_errors_reach_every_request()
     assert ok == [1]
     assert isinstance(late, Overloaded) and "100 ms" in str(late)
     assert isinstance(failed, ValueError)
+
+
+def _three_requests_in_one_call(score) -> list[object]:  # type: ignore[no-untyped-def]
+    """Submit ["a", "b"], ["bad", "c"] and ["d"] while the model is busy, so they share one call."""
+    gate = threading.Event()
+
+    def held(items: list[str]) -> list[str]:
+        gate.wait(5)
+        return score(items)
+
+    async def main() -> list[object]:
+        batcher = ItemBatcher(held, max_batch_size=64, max_latency_ms=5000)
+        warm = asyncio.create_task(batcher.submit(["x"]))  # holds the model while the three queue
+        await asyncio.sleep(0.05)
+        jobs = [asyncio.create_task(batcher.submit(r)) for r in (["a", "b"], ["bad", "c"], ["d"])]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await warm
+        return list(await asyncio.gather(*jobs, return_exceptions=True))
+
+    return asyncio.run(main())
+
+
+def test_an_item_that_breaks_the_model_fails_its_own_request_only() -> None:
+    calls: list[list[str]] = []
+
+    def score(items: list[str]) -> list[str]:
+        calls.append(items)
+        if "bad" in items:
+            raise ValueError("the model cannot take 'bad'")
+        return [t.upper() for t in items]
+
+    ok_1, failed, ok_2 = _three_requests_in_one_call(score)
+    assert ok_1 == ["A", "B"] and ok_2 == ["D"]
+    assert isinstance(failed, ValueError) and "'bad'" in str(failed)
+    # One shared call, then each request of it alone.
+    assert calls[1:] == [["a", "b", "bad", "c", "d"], ["a", "b"], ["bad", "c"], ["d"]]
+
+
+def test_a_short_answer_is_an_error_never_answers_handed_to_the_wrong_request() -> None:
+    def drops_bad(items: list[str]) -> list[str]:
+        return [t.upper() for t in items if t != "bad"]  # a backend that silently skips one item
+
+    ok_1, short, ok_2 = _three_requests_in_one_call(drops_bad)
+    assert ok_1 == ["A", "B"] and ok_2 == ["D"]  # not ["C", "D"] for the second request
+    assert isinstance(short, ShortAnswer) and "1 of 2 items" in str(short)
 
 
 def test_batch_size_must_be_positive() -> None:

@@ -100,6 +100,8 @@ def server(
         "TUNELOOP_SERVE_POLL_S": "0.5",
         "TUNELOOP_SERVE_RETRY_FAILED_S": "0",
         "TUNELOOP_SERVE_SHADOW_SHARE": "0.5",
+        # 5 s (10 polls) without a registry read stops the canary (the default is 60 s).
+        "TUNELOOP_SERVE_MAX_SYNC_AGE_S": "5",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
@@ -110,6 +112,7 @@ def server(
     proc = subprocess.Popen(
         [*cmd, "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=log
     )
+    env.pop("TUNELOOP_API_TOKEN", None)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     try:
         _wait(lambda: _get(client, "/livez") == 200, 90, "the server to answer /livez")
@@ -183,6 +186,21 @@ def test_classify_feedback_status_and_metrics(world, server) -> None:
     landed = list(settings.landing_dir.glob("feedback-*.jsonl"))
     assert len(landed) == 1 and '"source": "feedback"' in landed[0].read_text()
     assert not list(settings.landing_dir.glob(".*"))  # no in-flight file left behind
+    # Once per (request, item): a replay is refused and counts nothing, whatever label it says.
+    for label in ("gamma", "alpha"):
+        again = server.post(
+            "/feedback", json={"request_id": answer["request_id"], "index": 2, "label": label}
+        )
+        assert again.status_code == 409 and "given already" in again.json()["error"]
+    # Only the text that item classified may be landed with it.
+    swapped = server.post(
+        "/feedback",
+        json={"request_id": answer["request_id"], "index": 1, "label": "alpha", "text": "buy my stuff"},
+    )
+    assert swapped.status_code == 400 and "is not the text that item 1" in swapped.json()["error"]
+    assert len(list(settings.landing_dir.glob("feedback-*.jsonl"))) == 1
+    documented = server.get("/docs.json").json()["paths"]["/feedback"]["post"]["responses"]
+    assert "409" in documented  # the published contract lists the replay answer
     forged = answer["request_id"][:-3] + "AAA"
     for body in ({"request_id": forged, "label": "gamma"}, {"request_id": "nope", "label": "gamma"}):
         refused = server.post("/feedback", json=body)
@@ -202,8 +220,13 @@ def test_classify_feedback_status_and_metrics(world, server) -> None:
         'tuneloop_confidence_count{model_version="1"}',
     ):
         assert line in metrics
+    fed = [line for line in metrics.splitlines() if line.startswith("tuneloop_feedback_total{")]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in fed) == 1.0, fed  # the replays counted nothing
+    synced = [line for line in metrics.splitlines() if line.startswith("tuneloop_registry_sync_timestamp")]
+    assert synced and time.time() - float(synced[0].rsplit(" ", 1)[1]) < 10, synced
     status = _status(server)
     assert status["last_sync"] and status["last_error"] is None and status["canary_weight"] == 0.0
+    assert status["last_sync_age_s"] < 5 and status["canary_hold"] is None and status["auth"] == "off"
 
 
 def test_canary_share_is_within_bounds_and_sticky_by_key(world, server) -> None:
@@ -284,15 +307,27 @@ def test_a_tampered_artifact_is_refused_while_the_old_model_serves(world, server
     _wait(lambda: _status(server)["last_error"] is None, 60, "a clean sync with champion v1")
 
 
-def test_an_unreadable_registry_keeps_the_service_serving(world, server) -> None:
-    settings, _ = world
+def test_an_unreadable_registry_keeps_the_champion_serving_and_stops_the_canary(world, server) -> None:
+    settings, client = world
+    client.set_registered_model_alias(settings.model_name, "canary", "2")
+    client.set_registered_model_tag(settings.model_name, "canary_weight", "1.0")
+    _wait(lambda: _status(server)["canary_weight"] == 1.0, 60, "canary v2 at weight 1")
+    assert {p["model_version"] for p in _classify(server, ["apple", "ocean"])["predictions"]} == {"2"}
     db = sqlite3.connect(settings.home_dir / "mlflow.db", timeout=1, isolation_level=None)
     db.execute("BEGIN EXCLUSIVE")  # no reader gets in: the registry cannot be read
     try:
         _wait(lambda: "registry read failed" in (_status(server)["last_error"] or ""), 60, "a failed sync")
+        # Past TUNELOOP_SERVE_MAX_SYNC_AGE_S (5 s) the canary is held: a rollback could go unseen.
+        held = _wait(lambda: _status(server)["canary_hold"], 60, "the canary to be held")
+        assert "registry was last read" in held and _status(server)["last_sync_age_s"] > 5
         assert {p["model_version"] for p in _classify(server, ["apple", "ocean"])["predictions"]} == {"1"}
-        assert _get(server, "/readyz") == 200
+        assert _get(server, "/readyz") == 200 and _status(server)["canary_weight"] == 0.0
     finally:
         db.execute("ROLLBACK")
         db.close()
     _wait(lambda: _status(server)["last_error"] is None, 60, "a clean sync after the registry is back")
+    assert _status(server)["canary_hold"] is None
+    assert {p["model_version"] for p in _classify(server, ["apple", "ocean"])["predictions"]} == {"2"}
+    client.set_registered_model_tag(settings.model_name, "canary_weight", "0")
+    client.delete_registered_model_alias(settings.model_name, "canary")
+    _wait(lambda: _serving(server, "canary") is None, 60, "the canary to be withdrawn")

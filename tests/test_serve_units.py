@@ -17,8 +17,8 @@ from tuneloop.serve.bundle import Bundle, LoadedModel
 from tuneloop.serve.follower import Follower, RegistryState
 from tuneloop.serve.limits import Limits, classify_problem, feedback_problem
 from tuneloop.serve.routing import CANARY, CHAMPION, item_key, route, unit
-from tuneloop.serve.scoring import Item, NotReady, score_items
-from tuneloop.serve.tokens import BadRequestId, RequestRecord, sign_request, verify_request
+from tuneloop.serve.scoring import Item, NotReady, ShortAnswer, score_items
+from tuneloop.serve.tokens import BadRequestId, RequestRecord, sign_request, text_digest, verify_request
 from tuneloop.steps.serve import parse_weight
 
 SECRET = b"k" * 32
@@ -58,6 +58,19 @@ def test_request_ids_round_trip_and_refuse_forgery_and_age() -> None:
         verify_request(SECRET, "pаyload." + sig, 60, now=1010.0)
 
 
+def test_request_ids_carry_a_keyed_digest_of_each_text() -> None:
+    digests = (text_digest(SECRET, "my card"), text_digest(SECRET, "refund"))
+    record = RequestRecord("n1", 1000.0, (("3", "alpha"), ("4", "beta")), digests)
+    assert verify_request(SECRET, sign_request(SECRET, record), 60, now=1010.0) == record
+    assert text_digest(SECRET, "my card") != text_digest(b"other" * 8, "my card")  # keyed
+    assert text_digest(SECRET, "my card") != text_digest(SECRET, "my card ")
+    assert len(digests[0]) == 22  # 16 bytes in base64url
+    # 64 items of 20-character labels stay a few kB (tokens.py's size note).
+    labels = tuple(("12", "x" * 20) for _ in range(64))
+    big = RequestRecord("n" * 32, 1000.0, labels, tuple(text_digest(SECRET, str(i)) for i in range(64)))
+    assert len(sign_request(SECRET, big)) < 5200
+
+
 def test_breaker_opens_after_failures_and_half_opens_after_cooldown() -> None:
     now = [0.0]
     breaker = CircuitBreaker(failures=3, cooldown_s=10, clock=lambda: now[0])
@@ -87,6 +100,16 @@ def test_limits_name_what_to_fix() -> None:
     assert feedback_problem("alpha", None, pattern, 10) is None
     assert "pattern" in (feedback_problem("Bad!", None, pattern, 10) or "")
     assert "limit" in (feedback_problem("alpha", "x" * 11, pattern, 10) or "")
+
+
+def test_a_lone_surrogate_is_refused_as_not_text_and_nul_or_emoji_pass() -> None:
+    # JSON's "\ud800" decodes to a str no encoder takes: the tokenizer would raise (a 5xx).
+    limits = Limits(max_texts=4, max_chars=50, max_key_chars=10)
+    said = classify_problem(["fine", "\ud800 apple"], None, limits) or ""
+    assert "texts[1]" in said and "U+D800" in said and "character 0" in said
+    assert "key" in (classify_problem(["fine"], "k\udfff", limits) or "")
+    assert classify_problem(["a\u0000b", "🍎 çé"], "ключ", limits) is None
+    assert "surrogate" in (feedback_problem("alpha", "x\ud800", r"^[a-z]+$", 10) or "")
 
 
 def test_backend_plan_serves_unchecked_conversions_only_with_torch() -> None:
@@ -229,6 +252,43 @@ def test_scoring_routes_shadows_and_falls_back_from_a_failing_canary() -> None:
     assert ("error", "2") in rec.events
     with pytest.raises(NotReady):
         score_items(Bundle(), items, breaker=breaker, observer=rec, top_k=1, shadow_share=0)
+
+
+class ShortPredictor(FakePredictor):
+    """A backend that drops the last row of every answer."""
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        return super().predict_proba(texts)[:-1]
+
+
+def test_a_short_answer_from_a_model_is_loud_never_shifted_onto_other_items() -> None:
+    items = [Item(f"text {i}", item_key(None, "n", i)) for i in range(6)]
+    rec = Recorder()
+    short = LoadedModel("1", "fake", ShortPredictor(["a", "b"], 0))
+    with pytest.raises(ShortAnswer, match="returned 5 rows for 6 texts"):
+        score_items(
+            Bundle(short), items, breaker=CircuitBreaker(5, 60), observer=rec, top_k=1, shadow_share=0
+        )
+    assert ("error", "1") in rec.events and not [e for e in rec.events if e[0] == "predicted"]
+    # A short canary counts as a canary error: its items are answered by the champion, all of them.
+    champion = LoadedModel("1", "fake", FakePredictor(["a", "b"], 0))
+    canary = LoadedModel("2", "fake", ShortPredictor(["a", "b"], 1))
+    breaker = CircuitBreaker(5, 60)
+    out = score_items(
+        Bundle(champion, canary, 1.0), items, breaker=breaker, observer=rec, top_k=1, shadow_share=0
+    )
+    assert [p["model_version"] for p in out] == ["1"] * 6 and ("error", "2") in rec.events
+
+
+def test_a_closed_canary_sends_every_item_to_the_champion() -> None:
+    champion = LoadedModel("1", "fake", FakePredictor(["a", "b"], 0))
+    canary_model = FakePredictor(["a", "b"], 1)
+    items = [Item(f"text {i}", item_key(None, "n", i)) for i in range(50)]
+    bundle = Bundle(champion, LoadedModel("2", "fake", canary_model), 1.0)
+    kwargs = {"breaker": CircuitBreaker(5, 60), "observer": Recorder(), "top_k": 1, "shadow_share": 0.0}
+    assert {p["model_version"] for p in score_items(bundle, items, **kwargs)} == {"2"}  # type: ignore[arg-type]
+    held = score_items(bundle, items, canary_open=False, **kwargs)  # type: ignore[arg-type]
+    assert {p["model_version"] for p in held} == {"1"} and canary_model.calls == 1
 
 
 def test_tensorrt_steps_aside_with_the_convert_stage_reason_where_it_cannot_run() -> None:

@@ -32,4 +32,6 @@ EXPOSE 3000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:3000/livez', timeout=4)"]
 ENTRYPOINT ["tuneloop"]
+# On 0.0.0.0 `tuneloop serve` starts only with TUNELOOP_API_TOKEN set (the k8s `service` Secret has
+# it; with `docker run`, pass the token variable by -e), or with `--insecure` when auth is done in front.
 CMD ["serve", "--host", "0.0.0.0", "--port", "3000"]

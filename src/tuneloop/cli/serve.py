@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from typing import Annotated
@@ -9,6 +10,29 @@ from typing import Annotated
 import typer
 
 SERVICE = "tuneloop.service:TuneloopService"
+LOOPBACK_NAMES = frozenset({"localhost"})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable only from this machine (127.0.0.0/8, ::1, `localhost`)."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def exposure_problem(host: str, token: str | None, insecure: bool) -> str | None:
+    """Why the service must not start on `host` as configured, or None when it may."""
+    if token or insecure or is_loopback(host):
+        return None
+    return (
+        f"refusing to serve on {host} without TUNELOOP_API_TOKEN: anyone who reaches that address could "
+        "classify, post feedback that lands in training data, and read /status and /metrics. Set "
+        "TUNELOOP_API_TOKEN (clients send 'Authorization: Bearer <token>'), listen on 127.0.0.1, or pass "
+        "--insecure if something in front of the service authenticates"
+    )
 
 
 def serve(
@@ -17,12 +41,24 @@ def serve(
     workers: Annotated[
         int | None, typer.Option(min=1, help="Worker processes (default TUNELOOP_SERVE_WORKERS or 1).")
     ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Serve on a non-loopback address without TUNELOOP_API_TOKEN (auth done in front).",
+        ),
+    ] = False,
 ) -> None:
     """Serve champion (and canary) from the registry: POST /classify, /feedback; GET /status, /metrics.
 
     Each worker follows the registry on its own (TUNELOOP_SERVE_POLL_S); same as
     `bentoml serve tuneloop.service:TuneloopService`. Stops on Ctrl-C after in-flight requests.
+    Without TUNELOOP_API_TOKEN it listens only on a loopback address, unless told --insecure.
     """
+    problem = exposure_problem(host, os.environ.get("TUNELOOP_API_TOKEN"), insecure)
+    if problem:
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
     if workers is not None:
         os.environ["TUNELOOP_SERVE_WORKERS"] = str(workers)
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")

@@ -17,6 +17,11 @@ Why not BentoML's batching:
 
 An item that has queued longer than `max_latency_ms` when its turn comes is refused (503) rather
 than answered late; the middleware bounds the requests in flight, so the queue is bounded too.
+
+Failures stay with the request that caused them. When a call on several requests' items raises,
+each request is scored again on its own, so a text that breaks the model fails its own request
+and the others are answered. `score` must return one output per item; another count raises
+`ShortAnswer` rather than slicing the outputs onto the wrong requests.
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ from starlette.concurrency import run_in_threadpool
 
 class Overloaded(RuntimeError):
     """An item would wait longer than max_latency_ms: answer 503 now rather than late."""
+
+
+class ShortAnswer(RuntimeError):
+    """`score` returned another number of outputs than it was given items."""
 
 
 @dataclass
@@ -94,18 +103,28 @@ class ItemBatcher:
     async def _drain(self) -> None:
         while self._queue:
             batch = self._next_batch()
-            if not batch:
-                continue
-            flat = [item for job in batch for item in job.items]
-            try:
-                out = await run_in_threadpool(self._score, flat)
-            except Exception as exc:  # every request of the batch gets the model's error
+            if batch:
+                await self._answer(batch)
+
+    async def _answer(self, batch: list[_Job]) -> None:
+        """Score the batch's items in one call and hand each request its slice; on a failure, score
+        each request alone, so only the requests whose items fail get the error."""
+        flat = [item for job in batch for item in job.items]
+        try:
+            out = await run_in_threadpool(self._score, flat)
+            if len(out) != len(flat):
+                raise ShortAnswer(f"the model answered {len(out)} of {len(flat)} items")
+        except Exception as exc:
+            if len(batch) > 1:
                 for job in batch:
                     if not job.future.done():
-                        job.future.set_exception(exc)
-                continue
-            start = 0
-            for job in batch:
-                if not job.future.done():
-                    job.future.set_result(out[start : start + len(job.items)])
-                start += len(job.items)
+                        await self._answer([job])
+                return
+            if not batch[0].future.done():
+                batch[0].future.set_exception(exc)
+            return
+        start = 0
+        for job in batch:
+            if not job.future.done():
+                job.future.set_result(out[start : start + len(job.items)])
+            start += len(job.items)

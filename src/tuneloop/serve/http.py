@@ -8,6 +8,7 @@ match). Hardening that wraps every request (body-size limit, auth, overload answ
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI
@@ -16,13 +17,17 @@ from starlette.responses import JSONResponse
 app = FastAPI(title="tuneloop status", openapi_url=None, docs_url=None, redoc_url=None)
 
 
-def attach_middleware(service: Any) -> None:
-    """Add ASGI middleware to the BentoML service (`service.add_asgi_middleware(cls, **options)`)."""
+def attach_middleware(service: Any, documented: Mapping[str, Mapping[int, str]] | None = None) -> None:
+    """Add ASGI middleware to the BentoML service (`service.add_asgi_middleware(cls, **options)`).
+
+    `documented`: statuses the handlers answer beyond BentoML's 200/400/404/500, by route, which the
+    OpenAPI document at /docs.json should list.
+    """
     from tuneloop.serve.middleware import HardeningMiddleware, load_guard
 
     # Every BentoML API takes a JSON body by POST; the guard refuses other methods and types on them.
     endpoints = {api.route: ["POST"] for api in service.apis.values()}
-    service.add_asgi_middleware(HardeningMiddleware, guard=load_guard(endpoints))
+    service.add_asgi_middleware(HardeningMiddleware, guard=load_guard(endpoints, documented))
 
 
 def error_response(status: int, message: str) -> Any:

@@ -2,8 +2,10 @@
 
 prometheus_client is imported when the first worker builds these, after BentoML has set
 PROMETHEUS_MULTIPROC_DIR, so every worker writes its own files and BentoML's `/metrics` sums them.
-Counters and histograms only: they sum across processes without a multiprocess gauge mode, and a
-mean is sum / count (confidence, feedback accuracy, shadow agreement).
+Counters and histograms, which sum across processes, and a mean is sum / count (confidence, feedback
+accuracy, shadow agreement). The one gauge, the time of the last successful registry read, takes
+the oldest live worker's value (`livemin`): how stale the stalest worker is, which is what an
+alert on `time() - tuneloop_registry_sync_timestamp_seconds` wants.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ _METRICS: dict[str, Any] = {}
 
 
 def _build() -> dict[str, Any]:
-    from prometheus_client import Counter, Histogram
+    from prometheus_client import Counter, Gauge, Histogram
 
     v = ["model_version"]
     return {
@@ -35,6 +37,11 @@ def _build() -> dict[str, Any]:
         ),
         "shadow": Counter("tuneloop_shadow", "Canary items also scored by the champion", [*v, "agreed"]),
         "feedback": Counter("tuneloop_feedback", "Feedback received on answers", [*v, "correct"]),
+        "synced": Gauge(
+            "tuneloop_registry_sync_timestamp_seconds",
+            "Unix time of the last successful registry read (the stalest worker's)",
+            multiprocess_mode="livemin",
+        ),
     }
 
 
@@ -63,3 +70,7 @@ class PrometheusObserver:
 
     def feedback(self, version: str, correct: bool) -> None:
         self.m["feedback"].labels(version, str(correct).lower()).inc()
+
+    def synced(self, unix_time: float) -> None:
+        """A registry read succeeded at `unix_time` (the follower's on_sync)."""
+        self.m["synced"].set(unix_time)

@@ -10,6 +10,8 @@ What it answers itself, before any handler runs, and why here:
 - 401 with `WWW-Authenticate: Bearer` when a token is configured and the request lacks it.
 - 503 with Retry-After when `max_in_flight` requests are already inside: an overloaded worker says
   so at once, instead of queueing without bound until callers time out.
+It also adds the statuses a handler answers beyond BentoML's fixed set (200, 400, 404, 500) to the
+OpenAPI document at /docs.json (`documented`), so the published contract lists them.
 Every refusal is a JSON body `{"error": "<what to fix>"}`, the same shape as the handlers' 4xx.
 """
 
@@ -63,6 +65,8 @@ class Guard:
     max_in_flight: int = 0
     limited_paths: frozenset[str] = frozenset()  # empty: every path except the open ones
     retry_after_s: int = 1
+    # path -> {status: description}: answers of a POST handler that /docs.json should list too.
+    documented: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
 
 
 async def send_error(send: Send, status: int, message: str, headers: Iterable[tuple[str, str]] = ()) -> None:
@@ -206,6 +210,8 @@ class HardeningMiddleware:
         a partial body: BentoML would read the whole body itself anyway before validating it.
         """
         if scope["method"] in ("GET", "HEAD", "OPTIONS") and not _has_body(scope):
+            if scope["path"] == OPENAPI_PATH and self.guard.documented:
+                send = _with_documented_statuses(send, self.guard.documented)
             await self.app(scope, receive, send)
             return
         try:
@@ -233,6 +239,49 @@ class HardeningMiddleware:
         if scope["path"] in self.guard.json_endpoints:
             send = _readable_validation_errors(send, scope["path"])
         await self.app(scope, replay, send)
+
+
+OPENAPI_PATH = "/docs.json"
+# BentoML's schema of its error bodies, {"error": "..."}: the shape every refusal here has too.
+ERROR_SCHEMA_REF = "#/components/schemas/InvalidArgument"
+
+
+def _with_documented_statuses(send: Send, documented: Mapping[str, Mapping[int, str]]) -> Send:
+    """Add `documented`'s statuses to the POST operations of BentoML's OpenAPI document."""
+    start: Message | None = None
+    parts: list[bytes] = []
+
+    async def rewrite(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start":
+            if message["status"] != 200:
+                await send(message)
+                return
+            start = message
+            return
+        if start is None or message["type"] != "http.response.body":
+            await send(message)
+            return
+        parts.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body = b"".join(parts)
+        try:
+            spec = json.loads(body)
+            for path, statuses in documented.items():
+                responses = spec["paths"][path]["post"]["responses"]
+                for status, description in statuses.items():
+                    schema = {"application/json": {"schema": {"$ref": ERROR_SCHEMA_REF}}}
+                    responses[str(status)] = {"description": description, "content": schema}
+            body = json.dumps(spec).encode()
+        except (ValueError, KeyError, TypeError):
+            pass  # not the document expected: pass it on as it was
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    return rewrite
 
 
 def _readable_validation_errors(send: Send, path: str) -> Send:
@@ -304,8 +353,18 @@ async def _read_body(receive: Receive, limit: int) -> list[bytes]:
             return chunks
 
 
-def load_guard(json_endpoints: Mapping[str, Iterable[str]], **overrides: Any) -> Guard:
-    """A Guard from the environment, for the service's JSON endpoints.
+def configured_token() -> str | None:
+    """The bearer token from TUNELOOP_API_TOKEN, or None when auth is off (unset or empty)."""
+    settings = GuardSettings(**{})
+    return settings.api_token or None
+
+
+def load_guard(
+    json_endpoints: Mapping[str, Iterable[str]],
+    documented: Mapping[str, Mapping[int, str]] | None = None,
+    **overrides: Any,
+) -> Guard:
+    """A Guard from the environment, for the service's JSON endpoints (and their extra statuses).
 
     TUNELOOP_API_TOKEN (auth off when unset or empty), TUNELOOP_SERVE_MAX_BODY_BYTES,
     TUNELOOP_SERVE_MAX_IN_FLIGHT, TUNELOOP_SERVE_RETRY_AFTER_S; keyword overrides win.
@@ -320,4 +379,5 @@ def load_guard(json_endpoints: Mapping[str, Iterable[str]], **overrides: Any) ->
         max_in_flight=settings.max_in_flight,
         limited_paths=frozenset(json_endpoints),
         retry_after_s=settings.retry_after_s,
+        documented=dict(documented or {}),
     )

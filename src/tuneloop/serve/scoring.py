@@ -4,6 +4,10 @@ The batch reads the bundle it is given and nothing else, so a swap mid-batch cha
 Each item already carries its routing key (see routing.py), because the items of a batch come
 from many requests. A canary that raises is counted against the breaker and its items are
 answered by the champion, so a failing canary costs its users nothing but a slower answer.
+
+A model call must return one row per text. A backend that returns fewer (or more) rows raises
+`ShortAnswer`, counted as that version's error: zipping a short answer onto the items would hand
+one request's answers to another. Every item gets exactly one prediction, or the call raises.
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ from tuneloop.serve.routing import CANARY, CHAMPION, route, shadowed
 
 class NotReady(RuntimeError):
     """No champion is loaded yet."""
+
+
+class ShortAnswer(RuntimeError):
+    """A model call returned another number of rows than it was given texts."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,10 @@ def _run(model: LoadedModel, texts: list[str], observer: Observer, fault: Fault 
     try:
         fault.apply(model.version)  # inside the timing and the error count, as a real fault would be
         probs = model.predictor.predict_proba(texts)
+        if len(probs) != len(texts):
+            raise ShortAnswer(
+                f"v{model.version} ({model.backend}) returned {len(probs)} rows for {len(texts)} texts"
+            )
     except Exception:
         observer.error(model.version)
         raise
@@ -90,12 +102,17 @@ def score_items(
     top_k: int,
     shadow_share: float,
     fault: Fault = NO_FAULT,
+    canary_open: bool = True,
 ) -> list[dict[str, Any]]:
-    """One prediction per item, in order, each naming the version that answered."""
+    """One prediction per item, in order, each naming the version that answered.
+
+    `canary_open=False` sends every item to the champion (the registry is out of sight, see
+    freshness.py); the breaker does the same on its own after repeated canary errors.
+    """
     champion = bundle.champion
     if champion is None:
         raise NotReady("no champion is loaded yet")
-    weight = bundle.effective_weight if breaker.allow() else 0.0
+    weight = bundle.effective_weight if canary_open and breaker.allow() else 0.0
     routes = [route(item.key, weight) for item in items]
     canary_idx = [i for i, r in enumerate(routes) if r == CANARY]
     out: list[dict[str, Any] | None] = [None] * len(items)
@@ -115,13 +132,15 @@ def score_items(
     needed = champion_idx + shadow_idx
     if needed:
         probs = _run(champion, [items[i].text for i in needed], observer, fault)
-        for i, p in zip(needed[: len(champion_idx)], probs, strict=False):
+        for i, p in zip(champion_idx, probs[: len(champion_idx)], strict=True):
             out[i] = _prediction(champion, p, top_k)
         for i, p in zip(shadow_idx, probs[len(champion_idx) :], strict=True):
             answered = out[i]
             assert answered is not None and canary is not None
             observer.shadow(canary.version, champion.predictor.labels[int(np.argmax(p))] == answered["label"])
     done = [p for p in out if p is not None]
+    if len(done) != len(items):  # unreachable while every call is checked above; never answer short
+        raise ShortAnswer(f"{len(items) - len(done)} of {len(items)} items were left unanswered")
     for p in done:
         observer.predicted(p["model_version"], p["label"], p["score"])
     return done

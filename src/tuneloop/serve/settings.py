@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Best first: a TensorRT engine (GPU), ONNX Runtime INT8, ONNX Runtime fp32, the PyTorch merged model.
@@ -40,6 +40,37 @@ class ServeSettings(BaseSettings):
     retain_s: float = Field(
         900.0, ge=0, description="Seconds the old champion stays loaded after a promotion (rollback)."
     )
+    # 12 polls at the default 5 s: a registry restart or a slow read does not trip it. A rollback is
+    # written to the registry (canary_weight 0 first), so a worker that has not read it for a minute
+    # may be serving a canary its controller withdrew: past this, the champion answers every item.
+    max_sync_age_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds without a successful registry read after which the canary gets no traffic "
+        "(the champion answers every item until a read succeeds; /status says why).",
+    )
+    # MiniLM's merged model (~90 MB) and INT8 graph (~23 MB) download, verify, load and warm in ~10 s
+    # on 2 cores; 300 s leaves room for a 440 MB BERT-base at 2 MB/s (220 s). A load still running
+    # then is given up (the version counts as failed, retried after retry_failed_s).
+    load_timeout_s: float = Field(
+        300.0, gt=0, description="Seconds one version may take to download, verify, load and warm."
+    )
+    # MLflow's own defaults are 120 s per HTTP request and 7 retries with backoff: one read of an
+    # unresponsive server could hold the poll for over 15 minutes. 15 s x (1 + 2 retries) plus
+    # MLflow's backoff between them (0 s then 2 x 2 = 4 s, each + up to 1 s jitter) is at most 51 s,
+    # under max_sync_age_s.
+    registry_timeout_s: int = Field(
+        15,
+        ge=1,
+        description="Seconds per HTTP request to an MLflow server (sets MLFLOW_HTTP_REQUEST_TIMEOUT in the "
+        "service unless that is set).",
+    )
+    registry_retries: int = Field(
+        2,
+        ge=0,
+        description="Retries of a failed MLflow HTTP request (sets MLFLOW_HTTP_REQUEST_MAX_RETRIES in the "
+        "service unless that is set).",
+    )
     secret: str | None = Field(
         None,
         description="HMAC key for request ids; default: a random key kept in <home>/serve/secret, "
@@ -47,6 +78,11 @@ class ServeSettings(BaseSettings):
     )
     feedback_max_age_s: float = Field(
         7 * 24 * 3600.0, gt=0, description="Feedback on a request older than this is refused."
+    )
+    feedback_claims_dir: Path | None = Field(
+        None,
+        description="Where each (request, item) given feedback is recorded, so it is taken once; "
+        "default <home>/serve/feedback-claims. Replicas that share it share the once-only rule.",
     )
     max_texts: int = Field(64, ge=1, description="Texts per /classify request.")
     max_chars: int = Field(2000, ge=1, description="Characters per text.")
@@ -77,6 +113,15 @@ class ServeSettings(BaseSettings):
         description="module:function building a stand-in for the registry source (benchmarks/serve.py); "
         "unset: the MLflow registry.",
     )
+
+    @model_validator(mode="after")
+    def _sync_age_spans_a_poll(self) -> ServeSettings:
+        if self.max_sync_age_s <= self.poll_s:
+            raise ValueError(
+                f"max_sync_age_s ({self.max_sync_age_s}) must be longer than poll_s ({self.poll_s}): "
+                "every worker is poll_s old between two reads"
+            )
+        return self
 
 
 def load_serve_settings(**overrides: object) -> ServeSettings:

@@ -1,13 +1,19 @@
 """Signed request ids: any worker or replica can take feedback without shared memory.
 
 A request id is `<payload>.<signature>`, both base64url: the payload is compact JSON holding a
-random nonce, the time, and for each item the version that answered and the label it gave; the
-signature is HMAC-SHA256 of the payload under a secret every worker shares. Feedback on an id
-whose signature does not match (forged, altered, signed by another deployment) or that is too old
-is refused before anything is counted or written.
+random nonce, the time, for each item the version that answered and the label it gave, and a keyed
+digest of each item's text; the signature is HMAC-SHA256 of the payload under a secret every
+worker shares. Feedback on an id whose signature does not match (forged, altered, signed by another
+deployment) or that is too old is refused before anything is counted or written, and a text sent
+with feedback must have the digest of the text that item classified: a client cannot land
+(text, label) rows for texts the service never saw.
 
-Size: one item costs about 10 + len(label) bytes of JSON, so 64 items of 20-character labels make
-~1.9 kB, ~2.6 kB after base64: well inside a header or a JSON field.
+The text digest is HMAC-SHA256 under the same secret, cut to 16 bytes (22 base64 characters):
+keyed, so the payload (readable by whoever holds the id) does not let anyone test guesses of a
+text against it, and 128 bits, so no other text matches it by chance.
+
+Size: one item costs about 35 + len(version) + len(label) bytes of JSON, so 64 items of
+20-character labels make ~3.7 kB, ~4.9 kB after base64: well inside a JSON field.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class RequestRecord:
     nonce: str
     issued_at: float
     items: tuple[tuple[str, str], ...]  # (model version, predicted label) per input item
+    digests: tuple[str, ...] = ()  # text_digest of each item's text (empty in ids made before them)
 
 
 def _b64(data: bytes) -> str:
@@ -48,9 +55,25 @@ def _sign(secret: bytes, payload: str) -> str:
     return _b64(hmac.new(secret, payload.encode(), hashlib.sha256).digest())
 
 
+# Bytes of the keyed text digest: 128 bits (see the module docstring).
+TEXT_DIGEST_BYTES = 16
+
+
+def text_digest(secret: bytes, text: str) -> str:
+    """The keyed digest of one classified text that a request id carries (text must be UTF-8-encodable)."""
+    mac = hmac.new(secret, b"text:" + text.encode("utf-8"), hashlib.sha256).digest()
+    return _b64(mac[:TEXT_DIGEST_BYTES])
+
+
 def sign_request(secret: bytes, record: RequestRecord) -> str:
     """The request id for `record`."""
-    body = {"n": record.nonce, "t": round(record.issued_at, 3), "i": [list(i) for i in record.items]}
+    body: dict[str, object] = {
+        "n": record.nonce,
+        "t": round(record.issued_at, 3),
+        "i": [list(i) for i in record.items],
+    }
+    if record.digests:
+        body["d"] = list(record.digests)
     payload = _b64(json.dumps(body, separators=(",", ":")).encode())
     return f"{payload}.{_sign(secret, payload)}"
 
@@ -68,7 +91,10 @@ def verify_request(
     try:
         body = json.loads(_unb64(payload))
         items = tuple((str(v), str(label)) for v, label in body["i"])
-        record = RequestRecord(nonce=str(body["n"]), issued_at=float(body["t"]), items=items)
+        digests = tuple(str(d) for d in body.get("d", ()))
+        if digests and len(digests) != len(items):
+            raise ValueError(f"{len(digests)} text digests for {len(items)} items")
+        record = RequestRecord(str(body["n"]), float(body["t"]), items, digests)
     except (ValueError, KeyError, TypeError) as exc:  # signed but unreadable: a bug, still the caller's 4xx
         raise BadRequestId(f"request_id payload cannot be read: {exc}") from exc
     age = (time.time() if now is None else now) - record.issued_at

@@ -6,14 +6,20 @@ the registry through `RegistrySource` (steps/serve.py, the composition root); ev
 mechanism of the serve stage.
 
     POST /classify  {"texts": [...], "key": optional sticky key} -> request_id, predictions
-    POST /feedback  {"request_id", "index": 0, "label", "text": optional} -> counted (and landed)
-    GET  /status    versions per alias, backends, canary weight, last sync and its error
+    POST /feedback  {"request_id", "index": 0, "label", "text": optional} -> counted (and landed),
+                    once per (request, item); `text` must be the text that item classified
+    GET  /status    versions per alias, backends, canary weight, last sync, its age and its error
     /livez /readyz (503 until a champion is loaded and warmed) /metrics, OpenAPI at /docs
+
+Without TUNELOOP_API_TOKEN every endpoint answers anyone who reaches the port: the service logs a
+warning and /status says `"auth": "off"`; `tuneloop serve` refuses a non-loopback address then,
+unless told `--insecure`.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import time
 import uuid
 from typing import Any
@@ -21,28 +27,25 @@ from typing import Any
 import bentoml
 from pydantic import BaseModel, Field
 
-from tuneloop.config import load_settings
+from tuneloop.config import load_settings, mask_secrets
 from tuneloop.serve import http
 from tuneloop.serve.backends import threads_per_session
 from tuneloop.serve.batching import ItemBatcher, Overloaded
 from tuneloop.serve.breaker import CircuitBreaker
-from tuneloop.serve.feedback import write_feedback_row
+from tuneloop.serve.feedback import ClaimBook, FeedbackDesk, FeedbackRefused
 from tuneloop.serve.follower import Follower
-from tuneloop.serve.limits import Limits, classify_problem, feedback_problem
+from tuneloop.serve.freshness import canary_hold
+from tuneloop.serve.limits import Limits, classify_problem
 from tuneloop.serve.metrics import PrometheusObserver
+from tuneloop.serve.middleware import configured_token
 from tuneloop.serve.routing import item_key
 from tuneloop.serve.scoring import Fault, Item, NotReady, score_items
 from tuneloop.serve.settings import load_serve_settings
-from tuneloop.serve.tokens import (
-    BadRequestId,
-    RequestRecord,
-    load_or_create_secret,
-    sign_request,
-    verify_request,
-)
+from tuneloop.serve.tokens import RequestRecord, load_or_create_secret, sign_request, text_digest
 from tuneloop.steps.serve import RegistrySource
 
 SERVE = load_serve_settings()  # read once per process: the worker count shapes the class below
+log = logging.getLogger("tuneloop.serve")
 
 
 class Scored(BaseModel):
@@ -88,27 +91,50 @@ class TuneloopService:
     def __init__(self) -> None:
         self.settings = load_settings()
         self.serve = load_serve_settings()
+        self.auth = "bearer" if configured_token() else "off"
+        if self.auth == "off":
+            log.warning(
+                "tuneloop serve: TUNELOOP_API_TOKEN is not set: /classify, /feedback, /status and "
+                "/metrics answer anyone who can reach this port"
+            )
         threads = self.serve.threads or threads_per_session(self.serve.workers)
         source = build_source(self.settings, self.serve, threads)
+        self.observer = PrometheusObserver()
         self.follower = Follower(
             source,
             poll_s=self.serve.poll_s,
             retain_s=self.serve.retain_s,
             retry_failed_s=self.serve.retry_failed_s,
+            load_timeout_s=self.serve.load_timeout_s,
+            on_sync=self.observer.synced,
         )
-        cache = self.serve.cache_dir or self.settings.home_dir / "serve"
+        home = self.settings.home_dir / "serve"
+        cache = self.serve.cache_dir or home
         self.secret = (
             self.serve.secret.encode() if self.serve.secret else load_or_create_secret(cache / "secret")
         )
         self.limits = Limits(self.serve.max_texts, self.serve.max_chars, self.serve.max_key_chars)
         self.breaker = CircuitBreaker(self.serve.breaker_failures, self.serve.breaker_cooldown_s)
-        self.observer = PrometheusObserver()
+        self.desk = FeedbackDesk(
+            secret=self.secret,
+            max_age_s=self.serve.feedback_max_age_s,
+            label_pattern=self.settings.label_pattern,
+            max_chars=self.serve.max_chars,
+            claims=ClaimBook(
+                self.serve.feedback_claims_dir or home / "feedback-claims", self.serve.feedback_max_age_s
+            ),
+            landing=self.settings.landing_dir,
+            observer=self.observer,
+        )
         self.fault = Fault(self.serve.fault_version, self.serve.fault_error_rate, self.serve.fault_latency_ms)
         self.batcher = ItemBatcher(self._score, self.serve.max_batch_size, self.serve.max_latency_ms)
         self.follower.start()
 
     def __is_ready__(self) -> bool:
         return self.follower.bundle.champion is not None
+
+    def _canary_hold(self) -> str | None:
+        return canary_hold(self.follower.sync_age(), self.serve.max_sync_age_s)
 
     def _score(self, items: list[Item]) -> list[dict[str, Any]]:
         return score_items(
@@ -119,6 +145,7 @@ class TuneloopService:
             top_k=self.serve.top_k,
             shadow_share=self.serve.shadow_share,
             fault=self.fault,
+            canary_open=self._canary_hold() is None,
         )
 
     @bentoml.api(route="/classify")
@@ -135,8 +162,15 @@ class TuneloopService:
             return http.error_response(503, f"{exc}; retry when /readyz answers 200")
         except Overloaded as exc:
             return http.error_response(503, str(exc))
+        except Exception as exc:  # the model failed on this request's items (the batcher isolates them)
+            message = mask_secrets(f"{type(exc).__name__}: {exc}")
+            log.error("tuneloop serve: /classify failed: %s", message)
+            return http.error_response(500, f"the model failed on these texts: {message}")
         record = RequestRecord(
-            nonce, time.time(), tuple((p["model_version"], p["label"]) for p in predictions)
+            nonce,
+            time.time(),
+            tuple((p["model_version"], p["label"]) for p in predictions),
+            tuple(text_digest(self.secret, text) for text in texts),
         )
         return ClassifyResponse(
             request_id=sign_request(self.secret, record),
@@ -147,36 +181,40 @@ class TuneloopService:
     async def feedback(
         self, request_id: str, label: str, index: int = 0, text: str | None = None
     ) -> FeedbackResponse:
-        """Say what the right label was for item `index` of a request; with `text`, land it for training."""
+        """Say what the right label was for item `index` of a request, once; with `text` (exactly the
+        text that item classified), land it for training."""
         try:
-            record = verify_request(self.secret, request_id, self.serve.feedback_max_age_s)
-        except BadRequestId as exc:
-            return http.error_response(400, str(exc))
-        if not 0 <= index < len(record.items):
-            return http.error_response(
-                400, f"index {index} is out of range: that request had {len(record.items)} texts"
-            )
-        problem = feedback_problem(label, text, self.settings.label_pattern, self.serve.max_chars)
-        if problem:
-            return http.error_response(400, problem)
-        version, predicted = record.items[index]
-        correct = predicted == label
-        self.observer.feedback(version, correct)
-        if text is not None:
-            row = {"text": text, "label": label, "model_version": version, "predicted": predicted}
-            write_feedback_row(self.settings.landing_dir, row)
+            taken = await self.desk.take(request_id, index, label, text)
+        except FeedbackRefused as exc:
+            return http.error_response(exc.status, str(exc))
         return FeedbackResponse(
-            model_version=version, predicted=predicted, label=label, correct=correct, landed=text is not None
+            model_version=taken.model_version,
+            predicted=taken.predicted,
+            label=taken.label,
+            correct=taken.correct,
+            landed=taken.landed,
         )
 
     @http.app.get("/status")
     def status(self) -> dict[str, Any]:
         """What this worker serves and when it last synced with the registry."""
+        status = self.follower.status()
+        hold = self._canary_hold()
+        if hold is not None:
+            status["canary_weight"] = 0.0
         return {
-            **self.follower.status(),
+            **status,
+            "canary_hold": hold,
+            "max_sync_age_s": self.serve.max_sync_age_s,
             "breaker": self.breaker.state,
+            "auth": self.auth,
             "model": self.settings.model_name,
         }
 
 
-http.attach_middleware(TuneloopService)
+# What the handlers answer beyond BentoML's documented 200, 400, 404 and 500.
+EXTRA_STATUSES = {
+    "/classify": {503: "No champion is loaded yet, or the worker is overloaded: retry shortly."},
+    "/feedback": {409: "Feedback on this item of this request was given already: it is taken once."},
+}
+http.attach_middleware(TuneloopService, EXTRA_STATUSES)

@@ -14,10 +14,17 @@ and loads versions:
   summary) against `trt_sha256`. A checksum mismatch refuses the version; any other failure of
   one backend lets the next one try. TensorRT is tried only where the convert stage's
   `tensorrt_status` finds the package and a GPU; elsewhere /status says why it stepped aside.
+
+Timeouts: against an MLflow server every registry read and artifact download is an HTTP request,
+and MLflow's defaults (120 s each, 7 retries with backoff) would let one hung server hold a read
+or a download for a quarter of an hour. The source sets MLflow's own knobs from ServeSettings
+(`registry_timeout_s`, `registry_retries`) for the worker process, unless the operator set them;
+the follower gives up a whole load after `load_timeout_s` and runs it outside its poll.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -70,6 +77,9 @@ class RegistrySource:
 
     def __init__(self, settings: Settings, serve: ServeSettings, threads: int) -> None:
         self.settings, self.serve, self.threads = settings, serve, threads
+        # MLflow reads these from the environment on every request; a worker is its own process.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(serve.registry_timeout_s))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(serve.registry_retries))
         self.preference = parse_backends(serve.backends)
         self.cache = serve.cache_dir or settings.home_dir / "serve"
         self._registry: Registry | None = None
