@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -122,16 +125,112 @@ def test_checked_in_policies_have_triggers_and_the_demo_is_faster() -> None:
     assert demo.min_new_rows < prod.min_new_rows
 
 
-def test_canary_figures_come_from_every_replica_or_from_prometheus(monkeypatch) -> None:
-    from tuneloop.rollout.sources import EndpointSource, PrometheusSource
-    from tuneloop.steps.metrics import metrics_source
+def replica_metrics(items: int, labels: dict[str, int], confidence_sum: float) -> str:
+    """One replica's /metrics text for champion v3 (the series serve/metrics.py writes)."""
+    lines = [
+        "# TYPE tuneloop_items counter",
+        f'tuneloop_items_total{{model_version="3"}} {items}.0',
+        "# TYPE tuneloop_confidence histogram",
+        f'tuneloop_confidence_bucket{{le="+Inf",model_version="3"}} {items}.0',
+        f'tuneloop_confidence_sum{{model_version="3"}} {confidence_sum}',
+        f'tuneloop_confidence_count{{model_version="3"}} {items}.0',
+        "# TYPE tuneloop_predicted counter",
+        *(f'tuneloop_predicted_total{{label="{k}",model_version="3"}} {n}.0' for k, n in labels.items()),
+    ]
+    return "\n".join(lines) + "\n"
 
+
+@pytest.fixture
+def replicas() -> Iterator[tuple[list[str], list[str]]]:
+    """Two replicas' /metrics on 127.0.0.1, each asking for the bearer token; yields (urls, paths hit)."""
+    import http.server
+    import threading
+
+    hits: list[str] = []
+    bodies = [replica_metrics(300, {"a": 200, "b": 100}, 240.0), replica_metrics(100, {"b": 100}, 50.0)]
+    servers = []
+    for body in bodies:
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            text = body
+
+            def do_GET(self) -> None:
+                hits.append(f"{self.server.server_address[1]}{self.path}")
+                ok = self.headers.get("authorization") == "Bearer t0k" and self.path == "/metrics"
+                payload = self.text.encode() if ok else b"no"
+                self.send_response(200 if ok else 401)
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    try:
+        yield [f"http://127.0.0.1:{s.server_address[1]}" for s in servers], hits
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
+class OneChampion:
+    """The registry calls gather_signals makes: champion v3, trained on no snapshot here."""
+
+    def alias(self, name: str) -> object:
+        return SimpleNamespace(version="3", tags={})
+
+    def versions(self) -> list[object]:
+        return []
+
+
+def test_drift_and_canary_figures_sum_every_replica_listed(replicas, tmp_path, monkeypatch) -> None:
+    """TUNELOOP_SERVICE_URL lists replicas comma-separated: the rollout and the drift watch read all."""
+    from tuneloop.config import load_settings
+    from tuneloop.rollout.sources import EndpointSource
+    from tuneloop.steps.metrics import metrics_source
+    from tuneloop.steps.trigger_signals import gather_signals
+
+    urls, hits = replicas
+    listed = f"{urls[0]}/, {urls[1]}"
     monkeypatch.delenv("TUNELOOP_ROLLOUT_PROMETHEUS_URL", raising=False)
     monkeypatch.setenv("TUNELOOP_API_TOKEN", "t0k")
-    source = metrics_source("http://pod-a:3000/, http://pod-b:3000")
+    source = metrics_source(listed)
     assert isinstance(source, EndpointSource)
-    assert source.urls == ["http://pod-a:3000/metrics", "http://pod-b:3000/metrics"]
-    assert source.headers == {"authorization": "Bearer t0k"}
+    canary_side = source.read()["3"]
+    assert canary_side.items == 400 and canary_side.predicted == {"a": 200, "b": 200}
+    settings = load_settings(home=tmp_path / "home")
+    signals, _ = gather_signals(settings, listed, registry=OneChampion())  # type: ignore[arg-type]
+    assert signals.notes == [] and signals.served == 400
+    assert signals.mean_confidence == pytest.approx((240.0 + 50.0) / 400)
+    port_a, port_b = (u.rsplit(":", 1)[1] for u in urls)
+    assert sorted(hits) == sorted([f"{port_a}/metrics", f"{port_b}/metrics"] * 2)  # both, twice each
+
+
+def test_drift_is_not_judged_on_a_share_when_a_listed_replica_is_down(
+    replicas, tmp_path, monkeypatch
+) -> None:
+    from tuneloop.config import load_settings
+    from tuneloop.steps.trigger_signals import gather_signals
+
+    urls, _ = replicas
+    monkeypatch.setenv("TUNELOOP_API_TOKEN", "t0k")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{sock.getsockname()[1]}"  # bound, not listening: refused
+        settings = load_settings(home=tmp_path / "home")
+        signals, _ = gather_signals(settings, f"{urls[0]},{down}", registry=OneChampion())  # type: ignore[arg-type]
+    assert signals.served == 0 and signals.mean_confidence is None
+    assert len(signals.notes) == 1 and f"drift not judged: {down}/metrics unreachable" in signals.notes[0]
+
+
+def test_canary_figures_come_from_prometheus_when_one_is_named(monkeypatch) -> None:
+    from tuneloop.rollout.sources import PrometheusSource
+    from tuneloop.steps.metrics import metrics_source
+
     monkeypatch.setenv("TUNELOOP_ROLLOUT_PROMETHEUS_URL", "http://prometheus:9090")
     monkeypatch.setenv("TUNELOOP_ROLLOUT_PROMETHEUS_SELECTOR", '{job="tuneloop"}')
     fleet = metrics_source("http://pod-a:3000")

@@ -29,6 +29,15 @@ def build_source(metrics_urls: Sequence[str] = (), prometheus: str | None = None
     )
 
 
+def service_urls(service_url: str | None = None) -> list[str]:
+    """Each replica's base URL from TUNELOOP_SERVICE_URL's form: one URL or several, comma-separated.
+
+    The rollout's canary figures and the drift watch read the same list, so both sum every replica.
+    """
+    urls = [u.strip().rstrip("/") for u in (service_url or DEFAULT_SERVICE_URL).split(",") if u.strip()]
+    return urls or [DEFAULT_SERVICE_URL]
+
+
 def metrics_source(service_url: str | None = None) -> Any:
     """Where the canary's figures come from: a Prometheus server when TUNELOOP_ROLLOUT_PROMETHEUS_URL
     is set (a fleet of replicas, summed by PromQL), else each service URL's /metrics, summed.
@@ -36,13 +45,8 @@ def metrics_source(service_url: str | None = None) -> Any:
     `service_url` may list several replicas, comma-separated: behind one Kubernetes Service a single
     URL reaches one replica per scrape, so its counters alone would judge a share of the traffic.
     """
-    urls = [
-        u.strip().rstrip("/") + "/metrics"
-        for u in (service_url or DEFAULT_SERVICE_URL).split(",")
-        if u.strip()
-    ]
     return build_source(
-        urls,
+        [url + "/metrics" for url in service_urls(service_url)],
         prometheus=os.environ.get("TUNELOOP_ROLLOUT_PROMETHEUS_URL"),
         selector=os.environ.get("TUNELOOP_ROLLOUT_PROMETHEUS_SELECTOR", ""),
     )

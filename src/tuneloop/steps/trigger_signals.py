@@ -4,6 +4,10 @@ New rows come from snapshot manifests (rows in snapshots newer than the champion
 round times from the registry (each round registers one version; its creation time is when the round
 finished), drift from the service's `/metrics` (per-version counters since the service started, so a
 new champion starts its own sample) compared with the label mix of the data the champion learnt.
+
+The service URL takes the form the rollout reads (steps/metrics.service_urls): one URL, or each
+replica's, comma-separated. Drift is judged on the sum over every replica listed; when one cannot
+be read, drift is not judged (with a note naming it) rather than judged on a share of the traffic.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from tuneloop.config import Settings
 from tuneloop.data import snapshot as snap
 from tuneloop.registry.policy import load_policy
 from tuneloop.registry.store import Registry, VersionInfo
+from tuneloop.steps.metrics import service_urls
 from tuneloop.steps.triggers import Decision, Signals, decide_round, label_mix_distance, read_prometheus
 
 METRICS_TIMEOUT_S = 5.0  # /metrics answers in milliseconds; 5 s means the service is in trouble
@@ -51,6 +56,7 @@ def trained_label_mix(settings: Settings, champion: VersionInfo) -> dict[str, fl
 
 
 def fetch_metrics(service_url: str, timeout_s: float = METRICS_TIMEOUT_S) -> str:
+    """The `/metrics` text of one replica at `service_url` (its base URL)."""
     import os
     import urllib.request
 
@@ -60,6 +66,17 @@ def fetch_metrics(service_url: str, timeout_s: float = METRICS_TIMEOUT_S) -> str
     )
     with urllib.request.urlopen(request, timeout=timeout_s) as resp:
         return str(resp.read().decode("utf-8"))
+
+
+def sum_figures(readings: list[dict[str, Any]]) -> dict[str, Any]:
+    """One champion reading from each replica's (read_prometheus), summed: counts add up."""
+    total: dict[str, Any] = {"answered": 0.0, "confidence_sum": 0.0, "confidence_count": 0.0, "labels": {}}
+    for reading in readings:
+        for key in ("answered", "confidence_sum", "confidence_count"):
+            total[key] += reading[key]
+        for label, n in reading["labels"].items():
+            total["labels"][label] = total["labels"].get(label, 0.0) + n
+    return total
 
 
 def gather_signals(
@@ -78,15 +95,17 @@ def gather_signals(
         return Signals(
             new_rows=rows, notes=["no champion yet: nothing serves, drift not judged"]
         ), round_times
+    texts = [metrics_text] if metrics_text is not None else []
     if metrics_text is None and service_url:
-        try:
-            metrics_text = fetch_metrics(service_url)
-        except OSError as exc:
-            notes.append(f"drift not judged: {service_url}/metrics unreachable ({exc})")
-    if metrics_text is None:
+        for url in service_urls(service_url):
+            try:
+                texts.append(fetch_metrics(url))
+            except OSError as exc:
+                notes.append(f"drift not judged: {url}/metrics unreachable ({exc})")
+    if not texts or notes:
         notes = notes or ["drift not judged: no service URL"]
         return Signals(new_rows=rows, notes=notes), round_times
-    figures = read_prometheus(metrics_text, champion.version)
+    figures = sum_figures([read_prometheus(text, champion.version) for text in texts])
     count = figures["confidence_count"]
     return (
         Signals(
