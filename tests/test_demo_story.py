@@ -24,8 +24,8 @@ def tiny_demo_policy(tmp_path: Path) -> Path:
     A 1-epoch random tiny BERT scores near chance on the bundled intents, so the quality gates and
     INT8 parity floors of the demo policy would refuse every round: they are lowered to nothing
     here. Two such models also disagree on labels by chance (they have learnt little), so the
-    canary's label-drift and feedback-accuracy ceilings are opened too. The error-rate and latency
-    ceilings stay as they are: they are what rolls the bad candidate back.
+    canary's label-drift, shadow-disagreement and feedback-accuracy ceilings are opened too. The
+    error-rate and latency ceilings stay as they are: they are what rolls the bad candidate back.
     """
     data = yaml.safe_load((REGISTRY / "policy.demo.yaml").read_text())
     data["gates"].update(min_macro_f1=0.0, min_union_macro_f1=0.0)
@@ -34,7 +34,9 @@ def tiny_demo_policy(tmp_path: Path) -> Path:
     data["conversion"].update(
         max_abs_logit_diff_fp32=1.0, int8_max_macro_f1_drop_points=100.0, int8_min_argmax_agreement=0.0
     )
-    data["canary"].update(max_prediction_drift=1.0, max_macro_f1_drop_points=100.0)
+    data["canary"].update(
+        max_prediction_drift=1.0, max_shadow_disagreement=1.0, max_macro_f1_drop_points=100.0
+    )
     path = tmp_path / "policy.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

@@ -158,3 +158,55 @@ def test_a_rejection_racing_a_new_round_leaves_the_new_challenger(world) -> None
     racing.newer = newer
     approve_step(settings, older, by="alice", reject=True, registry=racing)
     assert registry.aliases() == {"challenger": newer}
+
+
+def _rollout_in_flight(registry: Registry, canary: str, champion: str) -> None:
+    """A canary rollout as the controller records it (tuneloop.steps.rollout._start), at step 1 of 4."""
+    from tuneloop.steps.rollout_state import set_weight, write_state
+
+    registry.set_alias("canary", canary)
+    write_state(registry, run_id="", champion=champion, by="ctl", step=0, started_at=0, quality=frozenset())
+    write_state(registry, version=canary)
+    set_weight(registry, 0.05)
+
+
+def _events(registry: Registry, version: str) -> list[str]:
+    return [
+        k.split(".", 2)[2]
+        for k in sorted(k for k in registry.get_version(version).tags if k.startswith("event."))
+    ]
+
+
+def test_promote_is_refused_while_a_rollout_is_in_flight_unless_forced_with_a_reason(world) -> None:
+    from tuneloop.steps.rollout_state import read_model
+
+    settings, registry = world
+    old, canary, hotfix = (_version(registry, **READY) for _ in range(3))
+    promote_step(settings, old, reason="first", by="alice")
+    _rollout_in_flight(registry, canary, old)
+    for version in (hotfix, canary):  # another version, or the canary itself: both bypass its checks
+        with pytest.raises(RegistryError, match=f"rollout of v{canary} is in flight.*--force"):
+            promote_step(settings, version, reason="hotfix", by="alice")
+    assert registry.aliases() == {"champion": old, "canary": canary}
+
+    result = promote_step(settings, hotfix, reason="hotfix: tokenizer CVE", by="alice", force=True)
+    assert result["champion"] == hotfix and result["changed"]
+    view = read_model(registry)
+    assert view.aliases == {"champion": hotfix, "previous": old} and view.state is None and view.weight == 0
+    withdrawn = registry.get_version(canary).tags["rolled_back"]
+    assert f"forced promotion of v{hotfix}" in withdrawn and "tokenizer CVE" in withdrawn
+    assert _events(registry, canary).index("canary.weight") < _events(registry, canary).index("rolled_back")
+
+
+def test_a_forced_promotion_of_the_canary_ends_its_rollout_weight_first(world) -> None:
+    from tuneloop.steps.rollout_state import read_model
+
+    settings, registry = world
+    old, canary = (_version(registry, **READY) for _ in range(2))
+    promote_step(settings, old, reason="first", by="alice")
+    _rollout_in_flight(registry, canary, old)
+    promote_step(settings, canary, reason="break-glass: the old one is down", by="alice", force=True)
+    view = read_model(registry)
+    assert view.aliases == {"champion": canary, "previous": old} and view.state is None and view.weight == 0
+    moves = _events(registry, canary)
+    assert moves.index("canary.weight") < moves.index("promoted")  # weight 0 before the alias moved

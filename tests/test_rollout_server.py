@@ -11,6 +11,7 @@ Tests run in file order and share the registry. The e2e marker comes from tests/
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -40,13 +41,18 @@ CANARY = {
     "steps": [50, 100],
     "min_requests_per_step": 16,
     "min_feedback_per_step": 8,
+    "min_shadowed_per_step": 8,  # the server shadows half the canary's items
     "max_error_rate": 0.05,
-    "max_p95_latency_ms": 150,
+    # Per item: the tiny model takes about a millisecond a call, a few items a call. The latency
+    # fault adds 400 ms to a canary call of at most 8 items (2 clients x 4 texts): 50 ms an item.
+    "max_p95_latency_ms": 40,
     "max_macro_f1_drop_points": 50.0,
     # Same model on both sides, so only sampling noise moves the label mix: with 3 labels and 16
     # items, total variation noise is about 0.4 * sqrt(3 / 16) = 0.17; 0.6 is 3.5x that.
     "max_prediction_drift": 0.6,
+    "max_shadow_disagreement": 0.5,  # same model: it agrees with itself on every item
     "step_interval_seconds": INTERVAL_S,
+    "step_deadline_seconds": 60.0,
 }
 TEXTS = ["apple banana cherry", "river ocean", "engine wheel brake gear piston", "apple river"]
 
@@ -65,7 +71,7 @@ def rig(world: tuple[Settings, MlflowClient], tmp_path_factory: pytest.TempPathF
     v1 = client.get_model_version(name, "1")
     base = {k: v for k, v in v1.tags.items() if not k.startswith("event.")}
     approved = {**base, "gate": "passed", "approval": "approved", "approval_by": "tester"}
-    roles = ["good", "errors", "latency", "killed", "other", "prometheus"]
+    roles = ["good", "errors", "latency", "killed", "other", "killed-promoting", "prometheus"]
     copies = {
         r: client.create_model_version(name, v1.source, v1.run_id, tags=approved).version for r in roles
     }
@@ -234,6 +240,91 @@ def test_killed_controller_resumes_and_a_second_rollout_is_refused(rig, server) 
     assert seen["failures"] == []
     assert result["outcome"] == "promoted", result
     settled(rig, server, version)
+
+
+# Runs the rollout CLI with one alias move made deadly: the process SIGKILLs itself just before it,
+# as a kill -9 landing there would. Its `aliases` lease is cut to 3 s (the deployment default is
+# 60 s) so the resuming controller is not kept waiting a minute for the dead holder's lock.
+DYING = """
+import os, runpy, signal, sys
+from tuneloop.registry.aliases import AliasStore
+method, target = sys.argv.pop(1), sys.argv.pop(1)
+AliasStore.lock.__wrapped__.__kwdefaults__["lease_s"] = 3.0
+original = getattr(AliasStore, method)
+def dying(self, alias, *rest):
+    if alias == target:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self, alias, *rest)
+setattr(AliasStore, method, dying)
+sys.argv[0] = "tuneloop-rollout"
+runpy.run_module("tuneloop.cli.rollout", run_name="__main__")
+"""
+
+
+def _killed_inside(rig: dict[str, Any], server: httpx.Client, version: str, method: str, alias: str) -> int:
+    """Run a controller that dies at `method(alias)`; return its exit status (-9 when it got there)."""
+    settings = rig["settings"]
+    env = {
+        **os.environ,
+        "TUNELOOP_HOME": str(settings.home_dir),
+        "TUNELOOP_POLICY_PATH": str(settings.policy_path),
+    }
+    args = [
+        "rollout",
+        version,
+        "--lease",
+        "4",
+        "--tick",
+        "0.5",
+        "--metrics-url",
+        f"{server.base_url}/metrics",
+    ]
+    proc = subprocess.run([sys.executable, "-c", DYING, method, alias, *args], env=env, timeout=120)
+    return proc.returncode
+
+
+def _events_since_start(rig: dict[str, Any], version: str) -> list[str]:
+    """The version's audit events since its last canary.started, oldest first."""
+    tags = rig["client"].get_model_version(rig["settings"].model_name, version).tags
+    names = [k.split(".", 2)[2] for k in sorted(k for k in tags if k.startswith("event."))]
+    start = len(names) - 1 - names[::-1].index("canary.started")
+    return names[start:]
+
+
+def test_controller_killed_inside_the_rollback_is_finished_from_its_intent(rig, server) -> None:
+    settings, version = rig["settings"], rig["v"]["errors"]  # the server fails its every call
+    champion = str(rig["client"].get_registered_model(settings.model_name).aliases["champion"])
+    with traffic(server, version) as seen:
+        assert _killed_inside(rig, server, version, "clear_alias", "canary") == -signal.SIGKILL
+        model = rig["client"].get_registered_model(settings.model_name)
+        # killed inside the rollback: the weight went to 0 before the alias was to move
+        assert model.tags["canary_weight"] == "0" and str(model.aliases["canary"]) == version
+        assert "error rate" in json.loads(model.tags["rollback_pending"])["reason"]
+        source = EndpointSource([f"{server.base_url}/metrics"])
+        result = rollout_step(settings, version, source, wait_s=10, lease_s=4, tick_s=0.5, echo=print)
+    assert seen["failures"] == []
+    assert result["outcome"] == "rolled_back" and "error rate" in result["reason"], result
+    settled(rig, server, champion)
+    moves = _events_since_start(rig, version)
+    assert moves.index("canary.weight") < moves.index("rolled_back") and moves.count("rolled_back") == 1
+
+
+def test_controller_killed_inside_the_promotion_is_finished_on_resume(rig, server) -> None:
+    settings, version = rig["settings"], rig["v"]["killed-promoting"]
+    champion = str(rig["client"].get_registered_model(settings.model_name).aliases["champion"])
+    with traffic(server, version) as seen:
+        assert _killed_inside(rig, server, version, "set_alias", "champion") == -signal.SIGKILL
+        model = rig["client"].get_registered_model(settings.model_name)
+        # killed inside the promotion: traffic was back on the champion before `champion` moved
+        assert model.tags["canary_weight"] == "0" and str(model.aliases["champion"]) == champion
+        assert "promotion_pending" in rig["client"].get_model_version(settings.model_name, version).tags
+        source = EndpointSource([f"{server.base_url}/metrics"])
+        result = rollout_step(settings, version, source, wait_s=10, lease_s=4, tick_s=0.5, echo=print)
+    assert seen["failures"] == []
+    assert result["outcome"] == "promoted" and result["previous"] == champion, result
+    settled(rig, server, version)
+    moves = _events_since_start(rig, version)
+    assert moves.index("canary.weight") < moves.index("promoted") and moves.count("promoted") == 1
 
 
 def test_unapproved_or_unconverted_version_cannot_roll_out(rig, server) -> None:

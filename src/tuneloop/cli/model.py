@@ -111,16 +111,24 @@ def promote(
     version: Annotated[str, typer.Argument(help="Approved version to make champion.")],
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded on the version).")],
     by: Annotated[str | None, typer.Option("--by", help="Who (default: $TUNELOOP_USER or $USER).")] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Promote although a canary rollout is in flight: it is ended, the reason recorded.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Point `champion` at an approved version now (the first model, or break-glass).
 
-    The old champion becomes `previous`. The normal path for later versions is a canary rollout.
+    The old champion becomes `previous`. The normal path for later versions is a canary rollout;
+    while one is in flight this is refused unless --force.
     """
     from tuneloop.steps.release import promote_step
 
     settings = settings_or_exit()
-    result = run_guarded(lambda: promote_step(settings, version, reason=reason, by=by))
+    result = run_guarded(lambda: promote_step(settings, version, reason=reason, by=by, force=force))
     emit(
         result,
         as_json,

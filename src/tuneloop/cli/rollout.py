@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tuneloop.cli.common import JsonOpt, emit, out, run_guarded, settings_or_exit
+from tuneloop.cli.common import JsonOpt, emit, fail, out, run_guarded, settings_or_exit
 from tuneloop.cli.tables import Column, print_table
 
 DEFAULT_METRICS = "http://127.0.0.1:3000/metrics"
@@ -27,6 +27,21 @@ def rollout(
     prometheus: Annotated[
         str | None, typer.Option(help="Read a Prometheus server instead (e.g. http://prometheus:9090).")
     ] = None,
+    selector: Annotated[
+        str,
+        typer.Option(
+            envvar="TUNELOOP_ROLLOUT_PROMETHEUS_SELECTOR",
+            help="With --prometheus: label matchers for every series, e.g. '{job=\"tuneloop\"}'.",
+        ),
+    ] = "",
+    resolve: Annotated[
+        bool,
+        typer.Option(
+            "--resolve",
+            help="Read every address each --metrics-url host resolves to: a headless Service "
+            "(one address per replica), not a load-balanced one.",
+        ),
+    ] = False,
     wait: Annotated[
         float, typer.Option(help="Seconds to wait for another controller's lease (0: refuse).")
     ] = 0.0,
@@ -48,7 +63,11 @@ def rollout(
     from tuneloop.steps.rollout import rollout_step
 
     settings = settings_or_exit()
-    source = build_source(metrics_url or [DEFAULT_METRICS], prometheus=prometheus)
+    if selector and not prometheus:
+        fail("--selector narrows the series of a Prometheus server: it needs --prometheus")
+    source = build_source(
+        metrics_url or [DEFAULT_METRICS], prometheus=prometheus, selector=selector, resolve=resolve
+    )
     result = run_guarded(
         lambda: rollout_step(
             settings,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Points = float  # F1 differences are expressed in points: 0.021 macro-F1 is 2.1 points.
 
@@ -115,11 +115,20 @@ class CanaryPolicy(_Section):
     )
     min_feedback_per_step: int = Field(
         ge=1,
-        description="Labelled feedback rows on canary predictions needed before the F1 check counts; "
-        "with fewer, that check is not judged at this step.",
+        description="Labelled feedback rows on each version's predictions needed before the F1 check "
+        "counts; with fewer, that check is not judged at this step.",
+    )
+    min_shadowed_per_step: int = Field(
+        ge=1,
+        description="Canary items the champion also scored (shadow) needed before the shadow-agreement "
+        "check counts; with fewer, that check is not judged at this step.",
     )
     max_error_rate: float = Field(ge=0, le=1, description="Highest share of canary requests that error.")
-    max_p95_latency_ms: float = Field(gt=0, description="Highest 95th-percentile canary latency (ms).")
+    max_p95_latency_ms: float = Field(
+        gt=0,
+        description="Highest 95th-percentile canary model time per item (ms): a call's time over its "
+        "items, so versions whose calls carry different batch sizes compare fairly.",
+    )
     max_macro_f1_drop_points: Points = Field(
         ge=0,
         le=100,
@@ -131,7 +140,18 @@ class CanaryPolicy(_Section):
         description="Largest total variation distance between canary and champion predicted-label "
         "distributions (0 = identical, 1 = disjoint).",
     )
+    max_shadow_disagreement: float = Field(
+        ge=0,
+        le=1,
+        description="Largest share of shadowed canary items on which the champion, scoring the same "
+        "item, predicts another label.",
+    )
     step_interval_seconds: float = Field(ge=0, description="Least time spent at each step.")
+    step_deadline_seconds: float = Field(
+        gt=0,
+        description="Longest a step may hold: a step not judged by then (too little traffic, a "
+        "missing series, no quality signal) ends the rollout; must exceed step_interval_seconds.",
+    )
 
     @field_validator("steps")
     @classmethod
@@ -143,6 +163,16 @@ class CanaryPolicy(_Section):
         if value[-1] != 100:
             raise ValueError(f"the last step must be 100 (full traffic), got {value[-1]}")
         return value
+
+    @model_validator(mode="after")
+    def _deadline_after_interval(self) -> CanaryPolicy:
+        # A deadline at or before the least time a step lasts would end every rollout at step 1.
+        if self.step_deadline_seconds <= self.step_interval_seconds:
+            raise ValueError(
+                f"step_deadline_seconds ({self.step_deadline_seconds:g}) must exceed "
+                f"step_interval_seconds ({self.step_interval_seconds:g})"
+            )
+        return self
 
 
 class TriggerPolicy(_Section):

@@ -1,8 +1,15 @@
-"""Per-version serving counters as plain data, and the figures a canary step is judged on.
+"""Per-version serving counters as plain data, and the traffic of a step with increase() semantics.
 
-The service exports cumulative Prometheus counters labelled `model_version` (serve/metrics.py).
-Both metric sources (sources.py) reduce what they read to `VersionCounters`; a step is judged on
-`after - before`, the traffic since the step began, because the counters only ever grow.
+The service exports cumulative Prometheus counters labelled `model_version` (serve/metrics.py),
+one set per replica. A step is judged on what the counters *gained* since it began. Gains are
+taken series by series and replica by replica, as PromQL's `increase()` does, and only then summed:
+
+- a series that went down was reset (its replica restarted), so it gained its whole new value;
+  subtracting fleet-wide sums instead would hide a restart in one field and not another (the
+  replica's calls vanish, three routine errors elsewhere remain: an error rate of 1.0);
+- a replica seen for the first time after the step began is a baseline, not traffic (its counters
+  hold its whole history);
+- a histogram's buckets gain series by series, so they stay cumulative and the p95 stays defined.
 """
 
 from __future__ import annotations
@@ -11,46 +18,38 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-
-def _minus(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, float]:
-    # A replica that restarted starts its counters from 0 again, so a key can shrink; clamp at 0
-    # rather than report negative traffic (that replica's traffic before the restart is lost).
-    return {k: max(v - b.get(k, 0.0), 0.0) for k, v in a.items()}
+# One counter series of one replica: (replica, sample name, sorted label pairs).
+SeriesKey = tuple[str, str, tuple[tuple[str, str], ...]]
+Reading = dict[SeriesKey, float]
+Sample = tuple[str, Mapping[str, str], float]
 
 
 @dataclass(frozen=True)
 class VersionCounters:
-    """What one version did, cumulative (or a delta of two readings)."""
+    """What one version did: cumulative, or gained over a step."""
 
     items: float = 0.0  # items answered by this version
     errors: float = 0.0  # model calls that raised
-    calls: float = 0.0  # model calls that answered (the latency histogram's count)
-    latency_buckets: dict[str, float] = field(default_factory=dict)  # le (seconds) -> cumulative
+    calls: float = 0.0  # model calls that answered (the per-call latency histogram's count)
+    # Per-item latency (a call's seconds / its items, one observation per item), cumulative buckets:
+    # le (seconds) -> items. Per item because the two versions' calls carry different batch sizes.
+    item_latency_buckets: dict[str, float] = field(default_factory=dict)
     predicted: dict[str, float] = field(default_factory=dict)  # label -> items
     shadow_agreed: float = 0.0  # canary items the champion also scored, and agreed on
     shadow_disagreed: float = 0.0
     feedback_correct: float = 0.0
     feedback_wrong: float = 0.0
 
-    def minus(self, before: VersionCounters) -> VersionCounters:
-        """The traffic between `before` and this reading."""
-        return VersionCounters(
-            items=max(self.items - before.items, 0.0),
-            errors=max(self.errors - before.errors, 0.0),
-            calls=max(self.calls - before.calls, 0.0),
-            latency_buckets=_minus(self.latency_buckets, before.latency_buckets),
-            predicted=_minus(self.predicted, before.predicted),
-            shadow_agreed=max(self.shadow_agreed - before.shadow_agreed, 0.0),
-            shadow_disagreed=max(self.shadow_disagreed - before.shadow_disagreed, 0.0),
-            feedback_correct=max(self.feedback_correct - before.feedback_correct, 0.0),
-            feedback_wrong=max(self.feedback_wrong - before.feedback_wrong, 0.0),
-        )
-
     @property
     def error_rate(self) -> float | None:
-        """Failed model calls / all model calls (None before any call)."""
+        """Failed model calls / all model calls (None before any call, or with no call counts)."""
         total = self.errors + self.calls
         return self.errors / total if total else None
+
+    @property
+    def latency_items(self) -> float:
+        """Items in the per-item latency histogram (its +Inf bucket)."""
+        return max(self.item_latency_buckets.values(), default=0.0)
 
     @property
     def shadowed(self) -> float:
@@ -65,14 +64,8 @@ class VersionCounters:
         return self.feedback_correct / self.feedback if self.feedback else None
 
     def p95_ms(self) -> float | None:
-        return quantile_ms(self.latency_buckets, 0.95)
-
-
-def diff(
-    after: Mapping[str, VersionCounters], before: Mapping[str, VersionCounters]
-) -> dict[str, VersionCounters]:
-    """Per-version deltas; a version absent before counts from zero."""
-    return {v: c.minus(before.get(v, VersionCounters())) for v, c in after.items()}
+        """95th percentile of model time per item, ms (None without a per-item latency series)."""
+        return quantile_ms(self.item_latency_buckets, 0.95)
 
 
 def quantile_ms(buckets: Mapping[str, float], q: float) -> float | None:
@@ -80,9 +73,13 @@ def quantile_ms(buckets: Mapping[str, float], q: float) -> float | None:
 
     Linear interpolation inside the bucket that holds the rank. The service's buckets double
     (1, 2, 4 ... 4096 ms), so the answer is within a factor of 2 of the truth at worst; a rank in
-    the +Inf bucket answers the largest finite bound (nothing better is known).
+    the +Inf bucket answers the largest finite bound (nothing better is known). Counts are made
+    monotone first (a running maximum, as PromQL does): an extrapolated `increase()` per bucket can
+    dip by a fraction of an item.
     """
     bounds = sorted((float(le), n) for le, n in buckets.items())
+    running = 0.0
+    bounds = [(bound, running := max(running, n)) for bound, n in bounds]
     if not bounds or bounds[-1][1] <= 0:
         return None
     rank = q * bounds[-1][1]
@@ -117,11 +114,12 @@ _SPLIT = {  # sample name -> (label, field when "true", field otherwise)
     "tuneloop_shadow_total": ("agreed", "shadow_agreed", "shadow_disagreed"),
     "tuneloop_feedback_total": ("correct", "feedback_correct", "feedback_wrong"),
 }
+ITEM_BUCKETS = "tuneloop_item_seconds_bucket"
+PREDICTED = "tuneloop_predicted_total"
+SERIES = (*_SCALARS, *_SPLIT, ITEM_BUCKETS, PREDICTED)  # every sample name the canary reads
 
 
-def counters_from_samples(
-    samples: Iterable[tuple[str, Mapping[str, str], float]],
-) -> dict[str, VersionCounters]:
+def counters_from_samples(samples: Iterable[Sample]) -> dict[str, VersionCounters]:
     """Sum Prometheus samples of the tuneloop_* series into per-version counters.
 
     Both sources hand over (sample name, labels, value); summing makes several workers' or
@@ -140,12 +138,12 @@ def counters_from_samples(
         elif name in _SPLIT:
             label, yes, no = _SPLIT[name]
             key = yes if labels.get(label) == "true" else no
-        elif name == "tuneloop_model_seconds_bucket":
+        elif name == ITEM_BUCKETS:
             le = repr(float(labels.get("le", "+Inf")))  # "0.001" / "1.0e-03" / "+Inf": one spelling
             table = buckets.setdefault(version, {})
             table[le] = table.get(le, 0.0) + value
             continue
-        elif name == "tuneloop_predicted_total":
+        elif name == PREDICTED:
             table = predicted.setdefault(version, {})
             label = labels.get("label", "?")
             table[label] = table.get(label, 0.0) + value
@@ -154,6 +152,45 @@ def counters_from_samples(
             continue
         row[key] = row.get(key, 0.0) + value
     return {
-        v: VersionCounters(latency_buckets=buckets.get(v, {}), predicted=predicted.get(v, {}), **row)
+        v: VersionCounters(item_latency_buckets=buckets.get(v, {}), predicted=predicted.get(v, {}), **row)
         for v, row in scalars.items()
     }
+
+
+def reading_from_samples(replica: str, samples: Iterable[Sample]) -> Reading:
+    """One replica's tuneloop_* samples keyed by series, so readings can be compared series by series."""
+    return {
+        (replica, name, tuple(sorted(labels.items()))): value
+        for name, labels, value in samples
+        if name in SERIES and not math.isnan(value)
+    }
+
+
+def reading_counters(reading: Reading) -> dict[str, VersionCounters]:
+    """Per-version counters of a reading (every replica's series summed)."""
+    return counters_from_samples((name, dict(labels), value) for (_, name, labels), value in reading.items())
+
+
+class CounterWindow:
+    """The traffic since a window (a canary step) began, gained series by series over readings.
+
+    `add` takes each new reading and returns the per-version counters gained since the first one.
+    Gains are accumulated reading by reading, so a replica that restarts and climbs back above
+    its old value between two readings loses only what it served before the restart in that tick.
+    """
+
+    def __init__(self) -> None:
+        self.last: Reading = {}  # the newest value of every series seen, kept when a replica goes quiet
+        self.replicas: set[str] = set()  # replicas whose baseline is known
+        self.gained: Reading = {}
+
+    def add(self, reading: Reading) -> dict[str, VersionCounters]:
+        """Fold in a new reading; the per-version counters gained since the window began."""
+        for key, value in reading.items():
+            if key[0] in self.replicas:
+                before = self.last.get(key, 0.0)  # a series new on a known replica began at 0
+                gain = value - before if value >= before else value  # went down: a reset
+                self.gained[key] = self.gained.get(key, 0.0) + gain
+        self.replicas |= {key[0] for key in reading}
+        self.last.update(reading)
+        return reading_counters(self.gained)

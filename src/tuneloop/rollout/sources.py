@@ -1,32 +1,51 @@
 """Where the controller reads serving metrics: ONE adapter, two sources.
 
-- `EndpointSource`: the service's own `/metrics` (Prometheus text format), one URL per replica,
-  summed. The embedded default: nothing to run beside the service.
-- `PrometheusSource`: a Prometheus server's HTTP API (`/api/v1/query`), PromQL summing every
-  replica it scrapes: the fleet path.
+- `EndpointSource`: the service's own `/metrics` (Prometheus text format) on every replica. The
+  embedded default: nothing to run beside the service. Replicas are the URLs listed, or with
+  `resolve=True` every address each URL's host name resolves to: a Kubernetes headless Service
+  (`tuneloop-service-pods`) answers with one address per ready pod, where the load-balanced
+  Service would hand each scrape to whichever pod it picks.
+- `PrometheusSource`: a Prometheus server's HTTP API (`/api/v1/query`): the fleet path.
 
-Both read *cumulative* counters and return them per version (counters.VersionCounters); the
-controller keeps the reading taken when a step began and judges the difference. A Prometheus
-reading lags the service by up to one scrape interval, so the controller judges on a tick, never
-on a single reading.
+Each source answers two questions. `read()`: the cumulative counters per version now (a glance:
+the demo's report, a check that anything is scraped). `window()`: a `StepWindow` whose `read()`
+is the traffic *since the window began*, which is what a canary step is judged on. Both sources
+take gains per series and per replica (counters.py says why): the endpoint source by comparing
+its own readings (counters.CounterWindow), Prometheus with PromQL `increase()` over the window.
+A Prometheus reading lags the service by up to one scrape interval, so the controller judges on
+a tick, never on a single reading.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import socket
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
-from tuneloop.rollout.counters import VersionCounters, counters_from_samples
+from tuneloop.rollout.counters import (
+    CounterWindow,
+    Reading,
+    Sample,
+    VersionCounters,
+    counters_from_samples,
+    reading_counters,
+    reading_from_samples,
+)
 
-# PromQL, one query per series; `sum by` folds replicas (and workers) into one figure per version.
+# One PromQL query per series: (series, labels kept). `sum by` folds replicas and workers into one
+# figure per version; in a window the sum is taken over per-series `increase()`s, never the reverse.
 PROMQL = (
-    "sum by (model_version) (tuneloop_items_total)",
-    "sum by (model_version) (tuneloop_model_errors_total)",
-    "sum by (model_version) (tuneloop_model_seconds_count)",
-    "sum by (model_version, le) (tuneloop_model_seconds_bucket)",
-    "sum by (model_version, label) (tuneloop_predicted_total)",
-    "sum by (model_version, agreed) (tuneloop_shadow_total)",
-    "sum by (model_version, correct) (tuneloop_feedback_total)",
+    ("tuneloop_items_total", "model_version"),
+    ("tuneloop_model_errors_total", "model_version"),
+    ("tuneloop_model_seconds_count", "model_version"),
+    ("tuneloop_item_seconds_bucket", "model_version, le"),
+    ("tuneloop_predicted_total", "model_version, label"),
+    ("tuneloop_shadow_total", "model_version, agreed"),
+    ("tuneloop_feedback_total", "model_version, correct"),
 )
 
 
@@ -34,15 +53,23 @@ class MetricsError(RuntimeError):
     """Metrics could not be read; the message names the source."""
 
 
-class MetricsSource(Protocol):
-    """Reads cumulative per-version counters from wherever they are."""
+class StepWindow(Protocol):
+    """The traffic of one canary step, measured from when the window was opened."""
 
     def read(self) -> dict[str, VersionCounters]: ...
+
+
+class MetricsSource(Protocol):
+    """Reads per-version counters from wherever they are."""
+
+    def read(self) -> dict[str, VersionCounters]: ...
+
+    def window(self) -> StepWindow: ...
 
     def describe(self) -> str: ...
 
 
-def parse_prometheus_text(text: str) -> Iterator[tuple[str, Mapping[str, str], float]]:
+def parse_prometheus_text(text: str) -> Iterator[Sample]:
     """(sample name, labels, value) of every sample in a Prometheus text exposition."""
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -51,33 +78,85 @@ def parse_prometheus_text(text: str) -> Iterator[tuple[str, Mapping[str, str], f
             yield sample.name, sample.labels, float(sample.value)
 
 
+def resolve_replicas(url: str) -> list[str]:
+    """`url` once per address its host resolves to (one address family: the first answer's).
+
+    One family, because a dual-stack name answers each pod twice (A and AAAA): reading both would
+    count every replica twice.
+    """
+    parts = urlsplit(url)
+    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    if not host:
+        raise MetricsError(f"{url!r} names no host to resolve")
+    try:
+        answers = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise MetricsError(f"resolving {host!r} (every replica of {url}) failed: {exc}") from exc
+    family = answers[0][0]
+    addresses = sorted({str(a[4][0]) for a in answers if a[0] == family})
+    netloc = "[{}]:{}" if family == socket.AF_INET6 else "{}:{}"
+    return [urlunsplit(parts._replace(netloc=netloc.format(a, port))) for a in addresses]
+
+
 class EndpointSource:
-    """Scrapes the service's `/metrics` on every replica listed and sums them."""
+    """Scrapes the service's `/metrics` on every replica (listed, or resolved) and sums them."""
 
     def __init__(
-        self, urls: Sequence[str], timeout_s: float = 10.0, headers: Mapping[str, str] | None = None
+        self,
+        urls: Sequence[str],
+        timeout_s: float = 10.0,
+        headers: Mapping[str, str] | None = None,
+        resolve: bool = False,
     ):
         if not urls:
             raise ValueError("EndpointSource needs at least one /metrics URL")
         self.urls = list(urls)
         self.timeout_s = timeout_s
         self.headers = dict(headers or {})
+        self.resolve = resolve
 
     def describe(self) -> str:
-        return "service /metrics at " + ", ".join(self.urls)
+        every = "every address of " if self.resolve else ""
+        return f"service /metrics at {every}" + ", ".join(self.urls)
 
-    def read(self) -> dict[str, VersionCounters]:
+    def replicas(self) -> list[str]:
+        """The /metrics URL of every replica, now."""
+        if not self.resolve:
+            return self.urls
+        return [replica for url in self.urls for replica in resolve_replicas(url)]
+
+    def scrape(self) -> Reading:
+        """Every replica's tuneloop_* series; one unreadable replica fails the whole reading."""
         import httpx
 
-        samples: list[tuple[str, Mapping[str, str], float]] = []
-        for url in self.urls:
+        reading: Reading = {}
+        for url in self.replicas():
             try:
                 response = httpx.get(url, timeout=self.timeout_s, headers=self.headers)
                 response.raise_for_status()
             except httpx.HTTPError as exc:
                 raise MetricsError(f"reading {url} failed: {exc}") from exc
-            samples.extend(parse_prometheus_text(response.text))
-        return counters_from_samples(samples)
+            reading.update(reading_from_samples(url, parse_prometheus_text(response.text)))
+        return reading
+
+    def read(self) -> dict[str, VersionCounters]:
+        return reading_counters(self.scrape())
+
+    def window(self) -> StepWindow:
+        return _EndpointWindow(self)
+
+
+class _EndpointWindow:
+    """Gains since the window opened, from this source's own readings (counters.CounterWindow)."""
+
+    def __init__(self, source: EndpointSource) -> None:
+        self.source = source
+        self.counters = CounterWindow()
+        with contextlib.suppress(MetricsError):  # the baseline; if it fails, the first read is
+            self.counters.add(source.scrape())
+
+    def read(self) -> dict[str, VersionCounters]:
+        return self.counters.add(self.source.scrape())
 
 
 class PrometheusSource:
@@ -90,7 +169,7 @@ class PrometheusSource:
         self.selector = selector
 
     def describe(self) -> str:
-        return f"Prometheus at {self.base_url}"
+        return f"Prometheus at {self.base_url}" + (f" ({self.selector})" if self.selector else "")
 
     def _query(self, promql: str) -> list[dict[str, object]]:
         import httpx
@@ -106,13 +185,33 @@ class PrometheusSource:
             raise MetricsError(f"PromQL {promql!r} at {url}: {body.get('error', body)}")
         return list(body["data"]["result"])
 
-    def read(self) -> dict[str, VersionCounters]:
-        samples: list[tuple[str, Mapping[str, str], float]] = []
-        for promql in PROMQL:
-            series = promql.rsplit("(", 1)[1].rstrip(")")
-            query = promql.replace(series, series + self.selector) if self.selector else promql
-            for row in self._query(query):
+    def query_counters(self, window_s: float | None = None) -> dict[str, VersionCounters]:
+        """Cumulative counters, or with `window_s` what each series gained over the last window_s."""
+        samples: list[Sample] = []
+        for series, by in PROMQL:
+            selected = series + self.selector
+            if window_s is not None:
+                selected = f"increase({selected}[{math.ceil(window_s * 1000)}ms])"
+            for row in self._query(f"sum by ({by}) ({selected})"):
                 labels = {str(k): str(v) for k, v in dict(row["metric"]).items()}  # type: ignore[call-overload]
                 value = float(row["value"][1])  # type: ignore[index]  # [timestamp, "value"]
                 samples.append((series, labels, value))
         return counters_from_samples(samples)
+
+    def read(self) -> dict[str, VersionCounters]:
+        return self.query_counters()
+
+    def window(self) -> StepWindow:
+        return _PrometheusWindow(self, time.time())
+
+
+class _PrometheusWindow:
+    """`increase()` over the time since the window opened: per series, so resets are handled."""
+
+    def __init__(self, source: PrometheusSource, began: float) -> None:
+        self.source, self.began = source, began
+
+    def read(self) -> dict[str, VersionCounters]:
+        # A range shorter than two scrapes holds no pair of samples: increase() answers nothing and
+        # the step holds, which is the right answer for a window that young.
+        return self.source.query_counters(max(time.time() - self.began, 1.0))

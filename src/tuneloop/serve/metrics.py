@@ -30,6 +30,12 @@ def _build() -> dict[str, Any]:
         "requests": Counter("tuneloop_items", "Items answered, by the version that answered", v),
         "errors": Counter("tuneloop_model_errors", "Model calls that raised", v),
         "latency": Histogram("tuneloop_model_seconds", "Seconds per model call", v, buckets=LATENCY_BUCKETS),
+        "item_latency": Histogram(
+            "tuneloop_item_seconds",
+            "Model seconds per item: a call's time over its items, observed once per item",
+            v,
+            buckets=LATENCY_BUCKETS,
+        ),
         "batch": Histogram("tuneloop_batch_items", "Items per model call", v, buckets=BATCH_BUCKETS),
         "labels": Counter("tuneloop_predicted", "Predicted labels", [*v, "label"]),
         "confidence": Histogram(
@@ -56,6 +62,12 @@ class PrometheusObserver:
     def batch(self, version: str, size: int, seconds: float) -> None:
         self.m["latency"].labels(version).observe(seconds)
         self.m["batch"].labels(version).observe(size)
+        # Per item, so the canary's few-item calls and the champion's full ones compare fairly (the
+        # rollout judges latency on this). One observation per item: a histogram takes no weights;
+        # a 64-item call's observations measured 0.1 ms in multiprocess mode (the call: ~300 ms).
+        per_item = self.m["item_latency"].labels(version)
+        for _ in range(size):
+            per_item.observe(seconds / size)
 
     def predicted(self, version: str, label: str, score: float) -> None:
         self.m["requests"].labels(version).inc()

@@ -7,7 +7,9 @@ every piece is idempotent by key, so it skips what is done instead of redoing it
 - ingest knows files by content hash (a second ingest of the same files cuts no snapshot);
 - train finds the version registered for the round's key (snapshots, parent adapter, config, gates);
 - convert returns the recorded result for the same conversion key;
-- promotion completes a recorded intent; the rollout controller resumes from its registry state.
+- promotion completes a recorded intent; the rollout controller resumes from its registry state,
+  and a rollout recorded by a controller that died is finished before a new one starts (the canary
+  it left serving is judged by nobody until then).
 
 Parameters an operator sets:
 - `snapshot`: train up to this existing snapshot; the landing folder is then not ingested.
@@ -39,6 +41,9 @@ from tuneloop.steps.release import approval_problems, promote_step
 # picks the approval up: its train step reuses the registered version, so nothing is retrained.
 APPROVAL_WAIT_S = 900.0
 APPROVAL_POLL_S = 30.0
+# A controller that died holds the `rollout` lock until its lease (30 s, rollout_step's default)
+# runs out; waiting twice that lets the next run take the rollout over instead of being refused.
+RESUME_WAIT_S = 60.0
 
 
 class ApprovalSkipRefused(ValueError):
@@ -96,10 +101,14 @@ def approved_candidate(settings: Settings, registry: Registry | None = None) -> 
     Newer than the champion, passed the gates, conversion not failed, never promoted or rolled back,
     and approved under the policy. A run whose approval wait ran out leaves such a version; the next
     run rolls it out even when the triggers start no new round (the cooldown holds back training,
-    not the release of work already judged and approved).
+    not the release of work already judged and approved). With no such version, a rollout recorded
+    in the registry (its controller died) is the candidate: releasing it finishes that rollout.
     """
+    from tuneloop.steps.rollout_state import read_state
+
     policy = load_policy(settings.policy_path)
     registry = registry or Registry(settings)
+    in_flight = read_state(registry)
     champion = registry.alias("champion")
     floor = int(champion.version) if champion else 0
     for info in sorted(registry.versions(), key=lambda i: int(i.version), reverse=True):
@@ -110,7 +119,7 @@ def approved_candidate(settings: Settings, registry: Registry | None = None) -> 
             continue
         if not approval_problems(info, policy):
             return info.version
-    return None
+    return in_flight.version if in_flight else None
 
 
 def promote_first_champion(settings: Settings, version: str) -> dict[str, Any]:
@@ -123,12 +132,30 @@ def roll_out(
     settings: Settings, version: str, service_url: str | None = None, log: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
     """Canary `version` through the policy's steps against the serving champion (steps/rollout.py),
-    judging the service's `/metrics` at `service_url`; the first version is promoted directly."""
-    from tuneloop.steps.rollout import rollout_step
+    judging the service's `/metrics` at `service_url`; the first version is promoted directly.
 
-    if Registry(settings).alias("champion") is None:
+    A rollout of another version recorded in the registry (its controller died) is finished first:
+    resumed to its promotion, rollback or step deadline. Then `version` rolls out against whatever
+    is champion by then.
+    """
+    from tuneloop.steps.rollout import rollout_step
+    from tuneloop.steps.rollout_state import read_model
+
+    registry = Registry(settings)
+    say = log or (lambda _msg: None)
+    source = metrics_source(service_url)
+    view = read_model(registry)
+    earlier: dict[str, Any] | None = None
+    recorded = view.rollback["version"] if view.rollback else view.state.version if view.state else None
+    if recorded is not None and recorded != version:
+        say(f"v{recorded}: a rollout recorded by a controller that stopped; finishing it before v{version}")
+        earlier = rollout_step(
+            settings, recorded, source, by="tuneloop:continual", echo=log, wait_s=RESUME_WAIT_S
+        )
+    if registry.alias("champion") is None:
         return promote_first_champion(settings, version)
-    return rollout_step(settings, version, metrics_source(service_url), by="tuneloop:continual", echo=log)
+    result = rollout_step(settings, version, source, by="tuneloop:continual", echo=log, wait_s=RESUME_WAIT_S)
+    return result if earlier is None else {**result, "finished_first": earlier}
 
 
 def continual_step(

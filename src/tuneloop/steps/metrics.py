@@ -13,10 +13,17 @@ from typing import Any
 DEFAULT_SERVICE_URL = "http://127.0.0.1:3000"  # where `tuneloop serve` listens by default
 
 
-def build_source(metrics_urls: Sequence[str] = (), prometheus: str | None = None, selector: str = "") -> Any:
+def build_source(
+    metrics_urls: Sequence[str] = (),
+    prometheus: str | None = None,
+    selector: str = "",
+    resolve: bool = False,
+) -> Any:
     """A Prometheus server when `prometheus` is given, else each `/metrics` URL, summed.
 
-    Scraping the service needs its bearer token when it has one (TUNELOOP_API_TOKEN).
+    `selector` (e.g. '{job="tuneloop"}') narrows every PromQL series; `resolve` reads every address
+    each URL's host resolves to (a headless Service: one per replica). Scraping the service needs
+    its bearer token when it has one (TUNELOOP_API_TOKEN).
     """
     from tuneloop.rollout.sources import EndpointSource, PrometheusSource
 
@@ -26,6 +33,7 @@ def build_source(metrics_urls: Sequence[str] = (), prometheus: str | None = None
     return EndpointSource(
         list(metrics_urls) or [DEFAULT_SERVICE_URL + "/metrics"],
         headers={"authorization": f"Bearer {token}"} if token else {},
+        resolve=resolve,
     )
 
 
@@ -40,15 +48,19 @@ def service_urls(service_url: str | None = None) -> list[str]:
 
 def metrics_source(service_url: str | None = None) -> Any:
     """Where the canary's figures come from: a Prometheus server when TUNELOOP_ROLLOUT_PROMETHEUS_URL
-    is set (a fleet of replicas, summed by PromQL), else each service URL's /metrics, summed.
+    is set (a fleet of replicas, summed by PromQL), else every address of
+    TUNELOOP_ROLLOUT_REPLICAS_URL when set (a headless Service such as tuneloop-service-pods: its
+    name resolves to one address per ready pod), else each service URL's /metrics, summed.
 
     `service_url` may list several replicas, comma-separated: behind one Kubernetes Service a single
     URL reaches one replica per scrape, so its counters alone would judge a share of the traffic.
     """
+    replicas = os.environ.get("TUNELOOP_ROLLOUT_REPLICAS_URL")
     return build_source(
-        [url + "/metrics" for url in service_urls(service_url)],
+        [url + "/metrics" for url in service_urls(replicas or service_url)],
         prometheus=os.environ.get("TUNELOOP_ROLLOUT_PROMETHEUS_URL"),
         selector=os.environ.get("TUNELOOP_ROLLOUT_PROMETHEUS_SELECTOR", ""),
+        resolve=bool(replicas),
     )
 
 

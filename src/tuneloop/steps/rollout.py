@@ -2,36 +2,48 @@
 
 Composes the pure decision (tuneloop.rollout.analysis.judge_step), a metrics source
 (tuneloop.rollout.sources) and the registry. Like Flagger's scheduler it reconciles once per tick:
-read the counters, judge the traffic since the step began, then hold, advance, promote or roll back.
+read the traffic since the step began, judge it, then hold, advance, promote or roll back.
 
 - Single flight: the whole rollout holds the lease lock `rollout` (Registry.lock), so a second
   rollout is refused at once, naming the holder; the lease (default 30 s, renewed every 10 s) frees
-  the lock within 30 s of a controller dying.
+  the lock within 30 s of a controller dying. Every tick first checks that this controller still
+  holds it (`Lease`): a lease whose renewals keep failing, or that another controller broke, stops
+  this one before it acts again, within a tick rather than at the end.
 - Crash-safe: where it stands lives in the registry (rollout_state.py). Started again after a
   crash, the controller resumes the same version at the recorded step, which begins a fresh window
   (the counters read before the crash are gone with the process): at most one window is repeated.
-- Rolling back sets the canary weight to 0 before anything else (Argo Rollouts' abort order), then
+  A withdrawal and a promotion each record their intent before their first write, and whoever
+  comes next (this controller again, `tuneloop rollback`, `tuneloop promote`) finishes it.
+- Every step ends: a step still holding at the policy's `step_deadline_seconds` (too little
+  traffic, a missing series, unreadable metrics) ends the rollout, and so does a recorded rollout
+  whose `canary` alias is gone. Ending is a withdrawal: weight 0, alias cleared, tagged with why.
+- Withdrawing sets the canary weight to 0 before anything else (Argo Rollouts' abort order), then
   clears the alias and tags the version `rolled_back` with the reason and the figures.
-- Promotion goes through release.promote_step (recorded intent, `previous` first), then weight 0.
+- Promotion goes through release.promote_rollout: under the `aliases` lock it re-reads the rollout
+  (a `tuneloop rollback` that landed after the last judgement wins), records its intent, sets the
+  weight to 0, and only then moves `previous` and `champion`.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
 
 from tuneloop.config import Settings
 from tuneloop.registry.policy import Policy, load_policy
-from tuneloop.registry.store import Registry, RegistryError, current_user, now_iso
-from tuneloop.rollout.analysis import Verdict, judge_step
-from tuneloop.rollout.counters import diff
+from tuneloop.registry.store import Registry, RegistryError, current_user, is_not_found, now_iso
+from tuneloop.rollout.analysis import QUALITY, Verdict, judge_step
 from tuneloop.rollout.sources import MetricsError, MetricsSource
-from tuneloop.steps.release import promote_step, promotion_problems
+from tuneloop.steps.release import promote_rollout, promotion_problems
 from tuneloop.steps.rollout_state import (
     EXPERIMENT,
+    PENDING_TAG,
     RolloutState,
-    clear_state,
+    finish_run,
+    finish_withdrawal,
+    read_model,
     read_state,
     set_weight,
     withdraw_canary,
@@ -39,6 +51,45 @@ from tuneloop.steps.rollout_state import (
 )
 
 Echo = Callable[[str], None]
+LOCK = "rollout"
+
+
+class LeaseLost(RegistryError):
+    """This controller no longer holds the `rollout` lock: it stopped without acting again."""
+
+
+class Lease:
+    """Whether this controller still holds the `rollout` lock, read from the lock's registered model."""
+
+    def __init__(self, registry: Registry, holder: str) -> None:
+        self.registry, self.holder = registry, holder
+        self.confirmed_until = 0.0  # the expiry last read back with our holder on it
+
+    def check(self) -> None:
+        """Raise LeaseLost unless the lock still names this holder with a lease that has not run out."""
+        from mlflow.exceptions import MlflowException
+
+        from tuneloop.registry.lock import lock_model_name
+
+        name = lock_model_name(self.registry.model_name, LOCK)
+        try:
+            tags = dict(self.registry.client.get_registered_model(name).tags or {})
+        except MlflowException as exc:
+            if not is_not_found(exc) and time.time() < self.confirmed_until:
+                return  # a registry hiccup, and the lease read back last time still runs
+            raise LeaseLost(f"stopped: the rollout lock {name!r} could not be confirmed ({exc})") from exc
+        if tags.get("holder") != self.holder:
+            raise LeaseLost(
+                f"stopped: the rollout lock {name!r} is now held by {tags.get('holder')} (this controller's "
+                "lease ran out); the rollout stays recorded for whoever holds the lock"
+            )
+        expires = float(tags.get("expires_at") or 0)
+        if expires <= time.time():
+            raise LeaseLost(
+                f"stopped: the lease on {name!r} expired {time.time() - expires:.0f} s ago (renewals "
+                "failed); another controller may break it and resume the rollout"
+            )
+        self.confirmed_until = expires
 
 
 def default_tick(policy: Policy) -> float:
@@ -75,18 +126,31 @@ def rollout_step(
     tick = tick_s if tick_s is not None else default_tick(policy)
     info = registry.get_version(version)
     problems = promotion_problems(info, policy)
-    state = read_state(registry)
-    if problems and (state is None or state.version != info.version):
+    view = read_model(registry)
+    recorded = {view.state.version if view.state else None, (view.rollback or {}).get("version")}
+    if problems and info.version not in recorded:  # a recorded one is resumed, to roll it back
         raise RegistryError(f"v{info.version} cannot roll out: " + "; ".join(problems))
-    with registry.lock("rollout", timeout_s=wait_s, lease_s=lease_s) as holder:
-        state = read_state(registry)  # again, under the lock: the previous holder may have finished
+    with registry.lock(LOCK, timeout_s=wait_s, lease_s=lease_s) as holder:
+        lease = Lease(registry, holder)
+        view = read_model(registry)  # again, under the lock: the previous holder may have finished
+        if view.rollback is not None:  # a withdrawal cut short: finish it before anything else
+            interrupted = view.rollback
+            with registry.lock("aliases"):
+                pending = read_model(registry).rollback
+                if pending is not None:
+                    finish_withdrawal(registry, pending)
+            say(f"v{interrupted['version']}: finished an interrupted withdrawal ({interrupted['reason']})")
+            if interrupted["version"] == info.version:
+                return _rolled_back(interrupted["version"], interrupted["reason"], {}, view.state)
+            view = read_model(registry)
+        state = view.state
         if state is not None and state.version != info.version:
             raise RegistryError(
                 f"an interrupted rollout of v{state.version} is recorded in the registry; finish it "
                 f"(`tuneloop rollout {state.version}`) or withdraw it (`tuneloop rollback --reason ...`)"
             )
         if state is None:
-            champion = registry.aliases().get("champion")
+            champion = view.aliases.get("champion")
             if champion is None:
                 raise RegistryError("no champion to compare with: make the first one with `tuneloop promote`")
             if champion == info.version:
@@ -95,12 +159,17 @@ def rollout_step(
             say(f"v{info.version}: canary against champion v{champion}, steps {policy.canary.steps} %")
         else:
             say(f"v{info.version}: resuming an interrupted rollout at step {state.step + 1}")
-            if registry.aliases().get("champion") == info.version:  # died after promoting: tidy up
-                done = Verdict("promote", ["promoted before the controller stopped"], {})
-                return _promote(registry, settings, state, done, by)
+            info = registry.get_version(version)  # as the last holder left it
+            if view.aliases.get("champion") == info.version or PENDING_TAG in info.tags:
+                recorded = json.loads(info.tags.get(PENDING_TAG, "{}")).get("reason")
+                reason = recorded or "canary passed every step; promoted before the controller stopped"
+                return _promote(registry, settings, policy, state, reason, {}, by)
+            if view.aliases.get("canary") != info.version:
+                gone = f"the canary alias no longer points at v{info.version}"
+                return _rollback(registry, state, f"rollout ended: {gone}", {}, by)
         if problems:  # approval withdrawn (or a tag changed) while the rollout was in flight
             return _rollback(registry, state, "; ".join(problems), {}, by)
-        return _run(registry, settings, state, policy, source, tick, by, say, sleep)
+        return _run(registry, settings, state, policy, source, tick, by, say, sleep, lease)
 
 
 def _start(
@@ -118,7 +187,15 @@ def _start(
     with registry.lock("aliases"):
         set_weight(registry, 0.0)  # the alias appears before any traffic is sent to it
         registry.set_alias("canary", version)
-        write_state(registry, run_id=run_id, champion=champion, by=by, step=0, started_at=time.time())
+        write_state(
+            registry,
+            run_id=run_id,
+            champion=champion,
+            by=by,
+            step=0,
+            started_at=time.time(),
+            quality=frozenset(),
+        )
         write_state(registry, version=version)  # last: a reader sees a whole state or none
         registry.record_event(
             version,
@@ -148,54 +225,74 @@ def _run(
     by: str,
     say: Echo,
     sleep: Callable[[float], None],
+    lease: Lease,
 ) -> dict[str, Any]:
-    steps = policy.canary.steps
+    steps, rules = policy.canary.steps, policy.canary
     looks = 0
+    quality = set(state.quality)  # quality checks judged so far in this rollout (one is needed)
     verdict: Verdict | None = None
     for index in range(state.step, len(steps)):
-        if not _enter_step(registry, state, index, steps[index], by):
+        lease.check()
+        if not _enter_step(registry, state, index, steps[index], by, quality):
             return _aborted(registry, state)
-        baseline, began = source.read(), time.monotonic()
+        window, began = source.window(), time.monotonic()
         say(f"  step {index + 1}/{len(steps)}: {steps[index]:g}% of traffic")
         while True:
             sleep(tick)
-            current = read_state(registry)
-            if current is None or current.version != state.version:
+            lease.check()
+            view = read_model(registry)
+            if view.state is None or view.state.version != state.version:
                 return _aborted(registry, state)
+            if view.rollback is not None:  # someone's withdrawal of this canary was cut short
+                return _rollback(registry, state, view.rollback["reason"], {}, by)
+            if view.aliases.get("canary") != state.version:
+                gone = f"the canary alias no longer points at v{state.version}"
+                return _rollback(registry, state, f"rollout ended: {gone}", {}, by)
+            elapsed = time.monotonic() - began
             try:
-                delta = diff(source.read(), baseline)
+                delta = window.read()
             except MetricsError as exc:  # a missed reading holds; it never passes or fails a step
+                if elapsed >= rules.step_deadline_seconds:
+                    ended = f"step {index + 1} reached its deadline of {rules.step_deadline_seconds:g} s"
+                    return _rollback(registry, state, f"{ended} with metrics unreadable: {exc}", {}, by)
                 say(f"    metrics unreadable, holding: {exc}")
                 continue
             verdict = judge_step(
                 index,
                 delta,
-                policy.canary,
-                time.monotonic() - began,
+                rules,
+                elapsed,
                 canary=state.version,
                 champion=state.champion,
+                quality_before=bool(quality),
             )
             looks += 1
             _log(registry, state.run_id, verdict, looks)
+            if not verdict.failed:
+                quality |= verdict.judged & set(QUALITY)
             if verdict.action != "hold":
                 break
             if looks % 10 == 1:  # the first hold of a step, then every tenth: progress, not noise
                 say("    hold: " + "; ".join(verdict.reasons))
         say(f"    {verdict.action}: " + "; ".join(verdict.reasons))
-        if verdict.action == "rollback":
+        if verdict.failed:
             return _rollback(registry, state, "; ".join(verdict.reasons), verdict.figures, by)
     assert verdict is not None
-    return _promote(registry, settings, state, verdict, by)
+    lease.check()
+    reason = "canary passed every step: " + "; ".join(verdict.reasons)
+    return _promote(registry, settings, policy, state, reason, verdict.figures, by)
 
 
-def _enter_step(registry: Registry, state: RolloutState, index: int, percent: float, by: str) -> bool:
+def _enter_step(
+    registry: Registry, state: RolloutState, index: int, percent: float, by: str, quality: set[str]
+) -> bool:
     """Set the weight for step `index` and record it; False when the rollout was withdrawn."""
     with registry.lock("aliases"):
-        current = read_state(registry)
-        if current is None or current.version != state.version:
+        view = read_model(registry)
+        if view.rollback is not None or view.state is None or view.state.version != state.version:
             return False
         set_weight(registry, percent / 100.0)
-        write_state(registry, step=index, started_at=time.time())
+        write_state(registry, step=index, started_at=time.time(), quality=frozenset(quality))
         registry.record_event(
             state.version,
             "canary.step",
@@ -225,58 +322,55 @@ def _log(registry: Registry, run_id: str | None, verdict: Verdict, look: int) ->
 def _rollback(
     registry: Registry, state: RolloutState, reason: str, figures: dict[str, Any], by: str
 ) -> dict[str, Any]:
+    """Withdraw this rollout's canary (finishing a withdrawal already recorded, if there is one)."""
     with registry.lock("aliases"):
-        withdraw_canary(registry, state.version, reason, by, figures)
-        clear_state(registry)
-    _finish_run(registry, state.run_id, "rolled_back", reason)
+        view = read_model(registry)
+        if view.rollback is not None:
+            reason = view.rollback["reason"]
+            finish_withdrawal(registry, view.rollback)
+        elif view.state is not None and view.state.version == state.version:
+            withdraw_canary(registry, state.version, reason, by, figures)
+        else:
+            return _aborted(registry, state)
+    return _rolled_back(state.version, reason, figures, state)
+
+
+def _rolled_back(
+    version: str, reason: str, figures: dict[str, Any], state: RolloutState | None
+) -> dict[str, Any]:
     return {
-        "version": state.version,
+        "version": version,
         "outcome": "rolled_back",
         "reason": reason,
         "figures": figures,
-        "champion": state.champion,
+        "champion": state.champion if state else None,
     }
 
 
 def _promote(
-    registry: Registry, settings: Settings, state: RolloutState, verdict: Verdict, by: str
+    registry: Registry,
+    settings: Settings,
+    policy: Policy,
+    state: RolloutState,
+    reason: str,
+    figures: dict[str, Any],
+    by: str,
 ) -> dict[str, Any]:
-    reason = "canary passed every step: " + "; ".join(verdict.reasons)
-    registry.record_event(
-        state.version,
-        "canary.passed",
-        {
-            "by": by,
-            "at": now_iso(),
-            "reason": reason,
-            "alias": "champion",
-            "from": state.champion,
-            "to": state.version,
-            "figures": verdict.figures,
-        },
-    )
-    result = promote_step(settings, state.version, reason=reason, by=by, registry=registry)
-    with registry.lock("aliases"):
-        set_weight(registry, 0.0)  # the canary alias is gone: all traffic is the new champion's
-        clear_state(registry)
-    _finish_run(registry, state.run_id, "promoted", reason)
+    problems = promotion_problems(registry.get_version(state.version), policy)
+    if problems and registry.aliases().get("champion") != state.version:  # approval withdrawn meanwhile
+        return _rollback(registry, state, "; ".join(problems), figures, by)
+    result = promote_rollout(settings, state.version, reason, by, figures, registry=registry)
+    if result is None:  # withdrawn after the last judgement: the rollback wins
+        return _aborted(registry, state)
     return {
         "version": state.version,
         "outcome": "promoted",
         "champion": result["champion"],
         "previous": result["previous"],
-        "figures": verdict.figures,
+        "figures": figures,
     }
 
 
 def _aborted(registry: Registry, state: RolloutState) -> dict[str, Any]:
-    _finish_run(registry, state.run_id, "aborted", "withdrawn by `tuneloop rollback`")
+    finish_run(registry, state.run_id, "aborted", "withdrawn by `tuneloop rollback`")
     return {"version": state.version, "outcome": "aborted", "champion": state.champion}
-
-
-def _finish_run(registry: Registry, run_id: str | None, outcome: str, reason: str) -> None:
-    if run_id is None:
-        return
-    registry.client.set_tag(run_id, "outcome", outcome)
-    registry.client.set_tag(run_id, "reason", reason[:4000])
-    registry.client.set_terminated(run_id, "FINISHED" if outcome == "promoted" else "FAILED")
