@@ -416,7 +416,7 @@ def test_job_templates_run_prefects_command_with_credentials_by_reference() -> N
         for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING"):
             assert "value" not in env[var] and env[var]["valueFrom"]["secretKeyRef"]["name"], (name, var)
         from_config = ("TUNELOOP_TRACKING_URI", "TUNELOOP_POLICY_PATH", "TUNELOOP_SERVICE_URL")
-        from_config += ("PREFECT_API_URL",)
+        from_config += ("PREFECT_API_URL", "TUNELOOP_ROLLOUT_REPLICAS_URL")
         for var in from_config:
             assert env[var]["valueFrom"]["configMapKeyRef"]["name"] == "tuneloop-config", (name, var)
         assert "MLflow" in manifest["metadata"]["annotations"]["tuneloop/state"]
@@ -461,6 +461,20 @@ def test_service_probes_metrics_and_scaling(docs: dict[str, list[dict[str, Any]]
     assert not [d for d in docs["local"] if d["kind"] == "HorizontalPodAutoscaler"]
     images = {c["image"] for _, s in pod_specs(docs["production"]) for c in s["containers"]}
     assert not [i for i in images if i.startswith("tuneloop/")], "production must name a registry"
+
+
+def test_the_canary_controller_reads_every_replica(docs: dict[str, list[dict[str, Any]]]) -> None:
+    """Not whichever pod the load-balanced Service picks per scrape: a headless Service's every pod."""
+    from urllib.parse import urlsplit
+
+    for overlay, items in docs.items():
+        url = urlsplit(find(items, "ConfigMap", "tuneloop-config")["data"]["TUNELOOP_ROLLOUT_REPLICAS_URL"])
+        name, namespace = str(url.hostname).split(".")[:2]
+        (service,) = [d for d in items if d["kind"] == "Service" and d["metadata"]["name"] == name]
+        assert namespace == "tuneloop" and service["spec"].get("clusterIP") == "None", (overlay, name)
+        deployment = find(items, "Deployment", "tuneloop-service")
+        assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"], overlay
+        assert url.port in [p["targetPort"] for p in service["spec"]["ports"]], overlay
 
 
 def test_every_container_is_non_root_read_only_with_resources(docs: dict[str, list[dict[str, Any]]]) -> None:
