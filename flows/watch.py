@@ -6,8 +6,10 @@ Runs on a schedule (every 10 minutes, flows/deploy.py). It decides with the same
 are the `tuneloop.data.landed` event's business. The deployment trigger on that event runs
 `continual` with `trigger=drift`, which decides again (the numbers may have moved meanwhile).
 
-`service_url` (TUNELOOP_SERVICE_URL) takes the form the rollout reads: one URL, or every replica's,
-comma-separated; drift is judged on their sum, and not at all when one of them cannot be read.
+It reads the replicas the rollout reads (steps/metrics.replica_source): every address of
+TUNELOOP_ROLLOUT_REPLICAS_URL (the headless Service) when set, else each URL `service_url`
+(TUNELOOP_SERVICE_URL) lists, comma-separated; drift is judged on their sum, and not at all when
+one of them cannot be read.
 """
 
 from __future__ import annotations

@@ -142,20 +142,23 @@ def replica_metrics(items: int, labels: dict[str, int], confidence_sum: float) -
 
 @pytest.fixture
 def replicas() -> Iterator[tuple[list[str], list[str]]]:
-    """Two replicas' /metrics on 127.0.0.1, each asking for the bearer token; yields (urls, paths hit)."""
+    """Two replicas' /metrics, each asking for the bearer token, on one port of two loopback
+    addresses (127.0.0.1 and 127.0.0.2, as two pods behind one headless Service name); yields
+    (their URLs, the URLs hit)."""
     import http.server
     import threading
 
     hits: list[str] = []
     bodies = [replica_metrics(300, {"a": 200, "b": 100}, 240.0), replica_metrics(100, {"b": 100}, 50.0)]
-    servers = []
-    for body in bodies:
+    servers: list[http.server.ThreadingHTTPServer] = []
+    for address, body in zip(("127.0.0.1", "127.0.0.2"), bodies, strict=True):
 
         class Handler(http.server.BaseHTTPRequestHandler):
             text = body
 
             def do_GET(self) -> None:
-                hits.append(f"{self.server.server_address[1]}{self.path}")
+                host, port = self.server.server_address[:2]
+                hits.append(f"http://{host}:{port}{self.path}")
                 ok = self.headers.get("authorization") == "Bearer t0k" and self.path == "/metrics"
                 payload = self.text.encode() if ok else b"no"
                 self.send_response(200 if ok else 401)
@@ -166,11 +169,12 @@ def replicas() -> Iterator[tuple[list[str], list[str]]]:
             def log_message(self, *args: object) -> None:
                 pass
 
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        port = servers[0].server_address[1] if servers else 0
+        server = http.server.ThreadingHTTPServer((address, port), Handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
     try:
-        yield [f"http://127.0.0.1:{s.server_address[1]}" for s in servers], hits
+        yield [f"http://{s.server_address[0]}:{s.server_address[1]}" for s in servers], hits
     finally:
         for server in servers:
             server.shutdown()
@@ -197,6 +201,7 @@ def test_drift_and_canary_figures_sum_every_replica_listed(replicas, tmp_path, m
     urls, hits = replicas
     listed = f"{urls[0]}/, {urls[1]}"
     monkeypatch.delenv("TUNELOOP_ROLLOUT_PROMETHEUS_URL", raising=False)
+    monkeypatch.delenv("TUNELOOP_ROLLOUT_REPLICAS_URL", raising=False)
     monkeypatch.setenv("TUNELOOP_API_TOKEN", "t0k")
     source = metrics_source(listed)
     assert isinstance(source, EndpointSource)
@@ -206,8 +211,38 @@ def test_drift_and_canary_figures_sum_every_replica_listed(replicas, tmp_path, m
     signals, _ = gather_signals(settings, listed, registry=OneChampion())  # type: ignore[arg-type]
     assert signals.notes == [] and signals.served == 400
     assert signals.mean_confidence == pytest.approx((240.0 + 50.0) / 400)
-    port_a, port_b = (u.rsplit(":", 1)[1] for u in urls)
-    assert sorted(hits) == sorted([f"{port_a}/metrics", f"{port_b}/metrics"] * 2)  # both, twice each
+    assert sorted(hits) == sorted([f"{url}/metrics" for url in urls] * 2)  # both, twice each
+
+
+def test_drift_reads_every_address_of_the_replicas_url_the_rollout_reads(
+    replicas, tmp_path, monkeypatch
+) -> None:
+    """On a cluster TUNELOOP_SERVICE_URL is the load-balanced Service (one pod per scrape); the
+    rollout reads every pod through TUNELOOP_ROLLOUT_REPLICAS_URL (a headless Service), and so must
+    the drift watch."""
+    from tuneloop.config import load_settings
+    from tuneloop.steps.metrics import metrics_source
+    from tuneloop.steps.trigger_signals import gather_signals
+
+    urls, hits = replicas
+    port = int(urls[0].rsplit(":", 1)[1])
+    resolve = socket.getaddrinfo
+
+    def pods(host, *args, **kwargs):  # type: ignore[no-untyped-def]  # the headless Service's DNS answer
+        if host != "tuneloop-service-pods.test":
+            return resolve(host, *args, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in ("127.0.0.1", "127.0.0.2")]
+
+    monkeypatch.setattr(socket, "getaddrinfo", pods)
+    monkeypatch.delenv("TUNELOOP_ROLLOUT_PROMETHEUS_URL", raising=False)
+    monkeypatch.setenv("TUNELOOP_ROLLOUT_REPLICAS_URL", f"http://tuneloop-service-pods.test:{port}")
+    monkeypatch.setenv("TUNELOOP_API_TOKEN", "t0k")
+    one_pod = urls[0]  # what the load-balanced Service URL would reach on one scrape
+    assert metrics_source(one_pod).read()["3"].items == 400
+    settings = load_settings(home=tmp_path / "home")
+    signals, _ = gather_signals(settings, one_pod, registry=OneChampion())  # type: ignore[arg-type]
+    assert signals.notes == [] and signals.served == 400
+    assert sorted(hits) == sorted([f"{url}/metrics" for url in urls] * 2)
 
 
 def test_drift_is_not_judged_on_a_share_when_a_listed_replica_is_down(
@@ -225,6 +260,17 @@ def test_drift_is_not_judged_on_a_share_when_a_listed_replica_is_down(
         signals, _ = gather_signals(settings, f"{urls[0]},{down}", registry=OneChampion())  # type: ignore[arg-type]
     assert signals.served == 0 and signals.mean_confidence is None
     assert len(signals.notes) == 1 and f"drift not judged: {down}/metrics unreachable" in signals.notes[0]
+
+    # A replicas name that does not resolve is said too, never judged on what else answers.
+    def nxdomain(host, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", nxdomain)
+    monkeypatch.setenv("TUNELOOP_ROLLOUT_REPLICAS_URL", "http://no-such-replicas.invalid:3000")
+    signals, _ = gather_signals(settings, urls[0], registry=OneChampion())  # type: ignore[arg-type]
+    assert (
+        signals.served == 0 and "drift not judged: resolving 'no-such-replicas.invalid'" in signals.notes[0]
+    )
 
 
 def test_canary_figures_come_from_prometheus_when_one_is_named(monkeypatch) -> None:

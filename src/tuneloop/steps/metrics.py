@@ -48,19 +48,30 @@ def service_urls(service_url: str | None = None) -> list[str]:
 
 def metrics_source(service_url: str | None = None) -> Any:
     """Where the canary's figures come from: a Prometheus server when TUNELOOP_ROLLOUT_PROMETHEUS_URL
-    is set (a fleet of replicas, summed by PromQL), else every address of
-    TUNELOOP_ROLLOUT_REPLICAS_URL when set (a headless Service such as tuneloop-service-pods: its
-    name resolves to one address per ready pod), else each service URL's /metrics, summed.
+    is set (a fleet of replicas, summed by PromQL), else every replica's /metrics (`replica_source`).
 
     `service_url` may list several replicas, comma-separated: behind one Kubernetes Service a single
     URL reaches one replica per scrape, so its counters alone would judge a share of the traffic.
     """
+    prometheus = os.environ.get("TUNELOOP_ROLLOUT_PROMETHEUS_URL")
+    if prometheus:
+        return build_source(
+            prometheus=prometheus, selector=os.environ.get("TUNELOOP_ROLLOUT_PROMETHEUS_SELECTOR", "")
+        )
+    return replica_source(service_url)
+
+
+def replica_source(service_url: str | None = None) -> Any:
+    """Every replica's /metrics, summed (rollout/sources.EndpointSource): every address of
+    TUNELOOP_ROLLOUT_REPLICAS_URL when set (a headless Service such as tuneloop-service-pods: its
+    name resolves to one address per ready pod), else each URL `service_url` lists.
+
+    The rollout (when not on Prometheus) and the drift watch both read through this, so they read
+    the same replicas.
+    """
     replicas = os.environ.get("TUNELOOP_ROLLOUT_REPLICAS_URL")
     return build_source(
-        [url + "/metrics" for url in service_urls(replicas or service_url)],
-        prometheus=os.environ.get("TUNELOOP_ROLLOUT_PROMETHEUS_URL"),
-        selector=os.environ.get("TUNELOOP_ROLLOUT_PROMETHEUS_SELECTOR", ""),
-        resolve=bool(replicas),
+        [url + "/metrics" for url in service_urls(replicas or service_url)], resolve=bool(replicas)
     )
 
 

@@ -5,9 +5,10 @@ round times from the registry (each round registers one version; its creation ti
 finished), drift from the service's `/metrics` (per-version counters since the service started, so a
 new champion starts its own sample) compared with the label mix of the data the champion learnt.
 
-The service URL takes the form the rollout reads (steps/metrics.service_urls): one URL, or each
-replica's, comma-separated. Drift is judged on the sum over every replica listed; when one cannot
-be read, drift is not judged (with a note naming it) rather than judged on a share of the traffic.
+Drift reads the replicas the rollout reads (steps/metrics.replica_source): every address of
+TUNELOOP_ROLLOUT_REPLICAS_URL (a headless Service) when set, else each URL the service URL lists,
+comma-separated. It is judged on their sum; when one cannot be read, drift is not judged (with a
+note naming it) rather than judged on a share of the traffic.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tuneloop.config import Settings
 from tuneloop.data import snapshot as snap
 from tuneloop.registry.policy import load_policy
 from tuneloop.registry.store import Registry, VersionInfo
-from tuneloop.steps.metrics import service_urls
+from tuneloop.steps.metrics import replica_source
 from tuneloop.steps.triggers import Decision, Signals, decide_round, label_mix_distance, read_prometheus
 
 METRICS_TIMEOUT_S = 5.0  # /metrics answers in milliseconds; 5 s means the service is in trouble
@@ -55,15 +56,11 @@ def trained_label_mix(settings: Settings, champion: VersionInfo) -> dict[str, fl
     return mix
 
 
-def fetch_metrics(service_url: str, timeout_s: float = METRICS_TIMEOUT_S) -> str:
-    """The `/metrics` text of one replica at `service_url` (its base URL)."""
-    import os
+def fetch_metrics(metrics_url: str, headers: dict[str, str], timeout_s: float = METRICS_TIMEOUT_S) -> str:
+    """The text of one replica's `/metrics` (with the service's bearer token in `headers`)."""
     import urllib.request
 
-    token = os.environ.get("TUNELOOP_API_TOKEN")  # the service's bearer token, when it requires one
-    request = urllib.request.Request(
-        service_url.rstrip("/") + "/metrics", headers={"authorization": f"Bearer {token}"} if token else {}
-    )
+    request = urllib.request.Request(metrics_url, headers=headers)
     with urllib.request.urlopen(request, timeout=timeout_s) as resp:
         return str(resp.read().decode("utf-8"))
 
@@ -97,11 +94,17 @@ def gather_signals(
         ), round_times
     texts = [metrics_text] if metrics_text is not None else []
     if metrics_text is None and service_url:
-        for url in service_urls(service_url):
+        source = replica_source(service_url)
+        try:
+            urls = source.replicas()
+        except RuntimeError as exc:  # rollout's MetricsError: the replicas' name does not resolve
+            notes.append(f"drift not judged: {exc}")
+            urls = []
+        for url in urls:
             try:
-                texts.append(fetch_metrics(url))
+                texts.append(fetch_metrics(url, source.headers))
             except OSError as exc:
-                notes.append(f"drift not judged: {url}/metrics unreachable ({exc})")
+                notes.append(f"drift not judged: {url} unreachable ({exc})")
     if not texts or notes:
         notes = notes or ["drift not judged: no service URL"]
         return Signals(new_rows=rows, notes=notes), round_times
