@@ -86,14 +86,16 @@ def test_a_slow_download_does_not_hold_up_the_next_registry_read() -> None:
 
 def test_a_load_that_hangs_is_given_up_while_the_last_champion_serves() -> None:
     source = Source(RegistryState({"champion": "1"}, 0.0))
-    follower = Follower(source, poll_s=1, retain_s=100, retry_failed_s=50, load_timeout_s=0.3)
-    follower.poll_once()
+    # 2 s: long enough for the instant first load on a busy machine (0.3 s was not, under load),
+    # short enough to wait out the hung one.
+    follower = Follower(source, poll_s=1, retain_s=100, retry_failed_s=50, load_timeout_s=2.0)
+    assert follower.poll_once().champion is not None
     source.hold["3"] = threading.Event()  # never released: a download that hangs
     source.state = RegistryState({"champion": "3"}, 0.0)
-    assert in_thread(follower.poll_once, 5), "a hung download held the poll"
+    assert in_thread(follower.poll_once, 15), "a hung download held the poll"
     status = follower.status()
     assert status["aliases"]["champion"]["version"] == "1"
-    assert "longer than 0 s" in status["refused"]["3"] and "v3 not served" in status["last_error"]
+    assert "longer than 2 s" in status["refused"]["3"] and "v3 not served" in status["last_error"]
     follower.poll_once()  # within retry_failed_s: not tried again, still said
     assert "v3 not served" in follower.status()["last_error"]
     source.hold["3"].set()
