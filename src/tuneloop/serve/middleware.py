@@ -246,18 +246,16 @@ OPENAPI_PATH = "/docs.json"
 ERROR_SCHEMA_REF = "#/components/schemas/InvalidArgument"
 
 
-def _with_documented_statuses(send: Send, documented: Mapping[str, Mapping[int, str]]) -> Send:
-    """Add `documented`'s statuses to the POST operations of BentoML's OpenAPI document."""
+def _rewrite_response(send: Send, status: int, transform: Callable[[bytes], bytes]) -> Send:
+    """A `send` that holds a response with `status` until its whole body is known, then sends
+    `transform(body)` with its Content-Length fixed; every other response passes as it comes."""
     start: Message | None = None
     parts: list[bytes] = []
 
     async def rewrite(message: Message) -> None:
         nonlocal start
-        if message["type"] == "http.response.start":
-            if message["status"] != 200:
-                await send(message)
-                return
-            start = message
+        if message["type"] == "http.response.start" and message["status"] == status:
+            start = message  # held until the body is known
             return
         if start is None or message["type"] != "http.response.body":
             await send(message)
@@ -265,7 +263,19 @@ def _with_documented_statuses(send: Send, documented: Mapping[str, Mapping[int, 
         parts.append(message.get("body", b""))
         if message.get("more_body", False):
             return
-        body = b"".join(parts)
+        body = transform(b"".join(parts))
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    return rewrite
+
+
+def _with_documented_statuses(send: Send, documented: Mapping[str, Mapping[int, str]]) -> Send:
+    """Add `documented`'s statuses to the POST operations of BentoML's OpenAPI document."""
+
+    def add(body: bytes) -> bytes:
         try:
             spec = json.loads(body)
             for path, statuses in documented.items():
@@ -273,15 +283,11 @@ def _with_documented_statuses(send: Send, documented: Mapping[str, Mapping[int, 
                 for status, description in statuses.items():
                     schema = {"application/json": {"schema": {"$ref": ERROR_SCHEMA_REF}}}
                     responses[str(status)] = {"description": description, "content": schema}
-            body = json.dumps(spec).encode()
+            return json.dumps(spec).encode()
         except (ValueError, KeyError, TypeError):
-            pass  # not the document expected: pass it on as it was
-        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({**start, "headers": headers})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+            return body  # not the document expected: pass it on as it was
 
-    return rewrite
+    return _rewrite_response(send, 200, add)
 
 
 def _readable_validation_errors(send: Send, path: str) -> Send:
@@ -291,27 +297,7 @@ def _readable_validation_errors(send: Send, path: str) -> Send:
     message names no field, and `detail` is a list where its own OpenAPI document promises a
     string (schemathesis flags it). This makes both `texts[0]: Input should be a valid string; ...`.
     """
-    start: Message | None = None
-    parts: list[bytes] = []
-
-    async def rewrite(message: Message) -> None:
-        nonlocal start
-        if message["type"] == "http.response.start" and message["status"] == 400:
-            start = message  # held until the body is known
-            return
-        if start is None or message["type"] != "http.response.body":
-            await send(message)
-            return
-        parts.append(message.get("body", b""))
-        if message.get("more_body", False):
-            return
-        body = _readable(b"".join(parts), path)
-        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({**start, "headers": headers})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
-
-    return rewrite
+    return _rewrite_response(send, 400, lambda body: _readable(body, path))
 
 
 def _readable(body: bytes, path: str) -> bytes:
