@@ -127,14 +127,15 @@ def test_status_is_one_consistent_copy_while_polls_and_loads_change_it() -> None
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
     try:
-        # Until the dict has grown past 100 entries while being read. sleep(0) hands the GIL over
+        # For 3 s, and until the dict has grown past 100 entries while being read. sleep(0) hands the GIL over
         # after each read: without it this loop can starve the poller of the follower's lock on a
         # loaded 2-core CI machine (one poll in 3 s, seen once). Reads and writes still interleave
         # at every GIL switch (1 us), which is what broke the unlocked code.
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        start = time.monotonic()
+        while time.monotonic() < start + 60:
             try:
-                if len(follower.status()["refused"]) > 100:
+                grown = len(follower.status()["refused"]) > 100
+                if grown and time.monotonic() > start + 3:
                     break
             except RuntimeError as exc:
                 errors.append(repr(exc))
