@@ -17,7 +17,7 @@ import typer
 import yaml
 from rich.table import Table
 
-from tuneloop.cli import flows, model, rollout, serve
+from tuneloop.cli import flows, model, privacy, rollout, serve
 from tuneloop.cli.common import JsonOpt, emit, err, out, run_guarded, settings_or_exit
 from tuneloop.cli.tables import Column, print_table
 from tuneloop.config import mask_settings
@@ -118,6 +118,7 @@ SNAPSHOT_COLUMNS = [
     Column("labels", justify="right"),
     Column("parent", drop=3),
     Column("hash", drop=4),
+    Column("redacted", drop=1, justify="right"),
 ]
 LABEL_COLUMNS = [
     Column("label"),
@@ -140,6 +141,7 @@ VERSION_COLUMNS = [
     Column("convert", drop=4),
     Column("snapshot", drop=5),
     Column("parent", drop=6),
+    Column("redacted", drop=7, justify="right"),
 ]
 
 
@@ -175,6 +177,7 @@ def _render_status(r: dict[str, Any], wide: bool = False) -> None:
             str(s["labels"]),
             s["parent"] or "-",
             s["content_hash"],
+            _redacted(s.get("personal_data", {})),
         ]
         for s in data["snapshots"]
     ]
@@ -213,6 +216,7 @@ def _render_status(r: dict[str, Any], wide: bool = False) -> None:
                 v["conversion"],
                 v["data_snapshot"] or "-",
                 v["parent_version"] or "-",
+                _redacted(v.get("personal_data", {})),
             ]
             for v in reg["versions"]
         ]
@@ -233,6 +237,11 @@ def _render_waiting(reg: dict[str, Any]) -> None:
             out.print(f"  why: {reason}", markup=False)
         out.print(f"  in the UI: {w['ui']}", markup=False)
         out.print(f"  or run:    {w['command']}{approvers}", markup=False)
+
+
+def _redacted(found: dict[str, int]) -> str:
+    """Personal data redacted from a snapshot's or a version's rows: a total (--json: per entity)."""
+    return str(sum(found.values())) if found else "-"
 
 
 def _fmt(value: float | None) -> str:
@@ -286,7 +295,7 @@ def show_config(as_json: JsonOpt = False) -> None:
         out.print(yaml.safe_dump(mask_settings(settings.model_dump(mode="json")), sort_keys=False), end="")
 
 
-for command in [*model.COMMANDS, *serve.COMMANDS, *rollout.COMMANDS, *flows.COMMANDS]:
+for command in [*model.COMMANDS, *serve.COMMANDS, *rollout.COMMANDS, *flows.COMMANDS, *privacy.COMMANDS]:
     app.command()(command)  # type: ignore[type-var]
 
 if __name__ == "__main__":

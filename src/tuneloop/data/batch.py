@@ -71,6 +71,10 @@ class IngestSummary(BaseModel):
     quarantined: int = 0
     snapshot: str | None = None
     reasons: dict[str, int] = Field(default_factory=dict)
+    personal_data: dict[str, int] = Field(
+        default_factory=dict,
+        description="entity -> occurrences found in this batch's rows and redacted (counts only)",
+    )
     files: list[snap.SourceFile] = Field(default_factory=list)
     skipped_files: list[str] = Field(default_factory=list, description="already ingested (same hash)")
     files_quarantined: list[FileQuarantine] = Field(default_factory=list)
@@ -117,6 +121,9 @@ def summary_message(s: IngestSummary, n_files: int) -> str:
         f"{s.rows} rows read from {len(s.files)} new file(s)",
         f"{s.accepted} accepted + {s.duplicates} duplicates + {s.quarantined} quarantined = {s.rows}",
     ]
+    if s.personal_data:
+        found = ", ".join(f"{n} {entity}" for entity, n in s.personal_data.items())
+        parts.append(f"personal data redacted: {found}")
     if s.skipped_files:
         parts.append(f"{len(s.skipped_files)} file(s) already ingested, skipped")
     if s.files_quarantined:

@@ -59,6 +59,7 @@ from tuneloop.data.quarantine import (
     write_quarantine_report,
 )
 from tuneloop.data.readers import read_file
+from tuneloop.data.redaction import TextRedactor, redact_record
 from tuneloop.data.validate import CleanRow, Rules, check_record
 
 __all__ = ["IngestConfig", "IngestError", "IngestSummary", "ingest", "resolve_inputs"]
@@ -95,9 +96,15 @@ def ingest(
     progress: Callable[[str, int, int], None] | None = None,
     before_commit: Callable[[Path], None] | None = None,
     file_written: Callable[[Path], None] | None = None,
+    redactor: TextRedactor | None = None,
 ) -> IngestSummary:
     """Validate, de-duplicate and snapshot the given files (or the landing folder).
 
+    `redactor` (steps/ingest.py always passes the policy's) replaces personal data in every
+    record's text and label before validation, so nothing after it (duplicates, the snapshot, the
+    quarantine report and whole-file copies) sees the values; a row holding an entity the policy
+    quarantines is quarantined as `personal_data`, stored redacted. What it found is counted in the
+    summary (`personal_data`), never kept. None (this stage's own tests) redacts nothing.
     `progress(stage, done, total)` is called as files are read. Test seams: `before_commit` is
     called with the temporary snapshot folder just before it is renamed into place, `file_written`
     with each file written into it.
@@ -121,6 +128,7 @@ def ingest(
 
         quarantine_rows: list[dict[str, Any]] = []
         reasons: Counter[str] = Counter()
+        personal: Counter[str] = Counter()
         accepted: list[CleanRow] = []
         batch_keys: set[str] = set()
         columns = [cfg.text_column, cfg.label_column]
@@ -140,6 +148,11 @@ def ingest(
                 )
                 return
             summary.files.append(source)
+            if redactor is not None:
+                source.detail = redactor.redact(source.detail).text
+                if content is not None:
+                    content, found = redactor.redact_bytes(content)
+                    personal.update(found)
             keep_whole_file(cfg.quarantine_dir, batch, source, content)
             summary.files_quarantined.append(
                 FileQuarantine(path=source.path, reason=source.error or "", detail=source.detail)
@@ -178,7 +191,12 @@ def ingest(
             summary.files.append(source)
             for raw in read.records:
                 source.rows += 1
+                private = None
+                if redactor is not None:
+                    raw, private = redact_record(raw, redactor, personal)
                 result = check_record(raw, rules, label_re)
+                if isinstance(result, CleanRow) and private is not None:
+                    result = ("personal_data", private)
                 if isinstance(result, CleanRow):
                     candidates.append((source, result))
                 else:
@@ -233,6 +251,7 @@ def ingest(
         summary.duplicates = sum(f.duplicates for f in summary.files)
         summary.quarantined = sum(f.quarantined for f in summary.files)
         summary.reasons = dict(sorted(reasons.items()))
+        summary.personal_data = dict(sorted(personal.items()))
         if not summary.balanced:  # an invariant, not an input problem: fail loudly
             raise AssertionError(f"row accounting broke: {summary.model_dump()}")
 

@@ -22,6 +22,7 @@ REASONS: dict[str, str] = {
     "malformed_row": "row has a different number of fields than the header",
     "wrong_type": "a JSONL or Parquet value in the text or label column is not a string",
     "label_conflict": "the same text arrived with a different label",
+    "personal_data": "holds personal data the privacy policy quarantines (the row is stored redacted)",
 }
 
 

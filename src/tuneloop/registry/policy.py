@@ -10,7 +10,7 @@ leave the real threshold unset.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -208,6 +208,69 @@ class TriggerPolicy(_Section):
     )
 
 
+# The entities the redactor knows (tuneloop.privacy.rules.PLACEHOLDERS; PERSON, LOCATION and NRP
+# only with a named-entity model in `ner_recognizers`). Listed here too: stages do not import each
+# other, and a typo must fail when the policy loads, not when a text arrives.
+PRIVACY_ENTITIES = (
+    "CREDIT_CARD",
+    "IBAN_CODE",
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "IP_ADDRESS",
+    "CRYPTO",
+    "ORDER_NUMBER",
+    "ACCOUNT_NUMBER",
+)
+NER_ENTITIES = ("PERSON", "LOCATION", "NRP")
+
+
+def _redact_all() -> dict[str, Literal["redact", "quarantine"]]:
+    return dict.fromkeys(PRIVACY_ENTITIES, "redact")
+
+
+class PrivacyPolicy(_Section):
+    """Personal data: what is looked for in every text that comes in, and what a row holding it becomes.
+
+    `redact`: the text is kept with a typed placeholder (`<CREDIT_CARD>`) where the value was.
+    `quarantine`: at ingest the row goes to quarantine (stored redacted) instead of a snapshot. At
+    serving both redact, so the model always sees placeholders. Omitted means every entity is redacted.
+    """
+
+    entities: dict[str, Literal["redact", "quarantine"]] = Field(
+        default_factory=_redact_all,
+        description="Entity -> redact or quarantine. Entities left out are not looked for.",
+    )
+    min_score: float = Field(
+        default=0.4,
+        ge=0,
+        le=1,
+        description="Presidio score a finding needs (1.0: checksum-validated; 0.4: a valid phone number).",
+    )
+    phone_regions: list[str] = Field(
+        default=["US", "GB", "IE", "DE", "FR", "ES", "IT", "NL", "IN", "CA", "AU"],
+        min_length=1,
+        description="Regions whose phone number formats are recognised (phonenumbers region codes).",
+    )
+    ner_recognizers: list[str] = Field(
+        default_factory=list,
+        description="'package.module:Class' Presidio recognizers backed by a named-entity model: the "
+        "hook for PERSON, LOCATION and NRP. None ships here, so names and addresses are not found.",
+    )
+
+    @model_validator(mode="after")
+    def _known_entities(self) -> PrivacyPolicy:
+        unknown = sorted(set(self.entities) - set(PRIVACY_ENTITIES) - set(NER_ENTITIES))
+        if unknown:
+            raise ValueError(f"unknown entities {unknown}; known: {list(PRIVACY_ENTITIES)}")
+        ner = sorted(set(self.entities) & set(NER_ENTITIES))
+        if ner and not self.ner_recognizers:
+            raise ValueError(
+                f"{ner} need a named-entity model in ner_recognizers; none ships with tuneloop, "
+                "so they would never be found"
+            )
+        return self
+
+
 class Policy(_Section):
     """The whole promotion policy, as read from `registry/policy.yaml`."""
 
@@ -218,6 +281,10 @@ class Policy(_Section):
     )
     conversion: ConversionPolicy = Field(description="Conversion parity (see ConversionPolicy).")
     canary: CanaryPolicy = Field(description="Canary rollout (see CanaryPolicy).")
+    privacy: PrivacyPolicy = Field(
+        default=PrivacyPolicy(),
+        description="Personal data redaction (see PrivacyPolicy); every entity redacted if omitted.",
+    )
     triggers: TriggerPolicy | None = Field(
         default=None,
         description="Automatic retraining (see TriggerPolicy); omitted means the safe choice: rounds "

@@ -57,6 +57,9 @@ class RunLog(RegistryClient):
             mlflow.log_metrics(
                 {k: float(summary[k]) for k in ("rows", "accepted", "duplicates", "quarantined")}
             )
+            # Counts only, per entity: what ingest redacted (the values never reach MLflow).
+            personal = summary.get("personal_data", {})
+            mlflow.log_metrics({f"personal_data.{entity}": float(n) for entity, n in personal.items()})
             log_snapshot_inputs(manifest_dir, snapshot_id, contexts=("train", "eval", "golden"))
             mlflow.log_artifact(str(manifest_dir / "manifest.json"), "snapshot")
             if quarantine_report is not None and quarantine_report.is_file():

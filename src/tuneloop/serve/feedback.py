@@ -6,6 +6,7 @@
 2. the label must follow the ingest label rules, and a text sent with it must be the very text that
    item classified (its keyed digest is in the signed id), so no client lands (text, label) rows
    for texts the service never saw;
+   A text is redacted before anything looks at it, as /classify redacted the text it classified.
 3. the item is claimed in `ClaimBook`: one feedback per (request, item), across worker processes
    and every replica that shares the folder. A second one is refused (409), so one request id
    posted 100 times counts once and cannot fill a canary's feedback sample on its own;
@@ -147,10 +148,15 @@ class FeedbackDesk:
         claims: ClaimBook,
         landing: Path,
         observer: FeedbackObserver,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
         self.secret, self.max_age_s = secret, max_age_s
+        self.redact = redact
         self.label_pattern, self.max_chars = label_pattern, max_chars
         self.claims, self.landing, self.observer = claims, landing, observer
+
+    def _problem(self, label: str, text: str | None) -> str | None:
+        return feedback_problem(label, text, self.label_pattern, self.max_chars)
 
     def check(self, request_id: str, index: int, label: str, text: str | None) -> RequestRecord:
         """The record the feedback is about; raises FeedbackRefused(400) for anything wrong with it."""
@@ -162,7 +168,7 @@ class FeedbackDesk:
             raise FeedbackRefused(
                 400, f"index {index} is out of range: that request had {len(record.items)} texts"
             )
-        problem = feedback_problem(label, text, self.label_pattern, self.max_chars)
+        problem = self._problem(label, text)
         if problem:
             raise FeedbackRefused(400, problem)
         if text is not None:
@@ -180,7 +186,14 @@ class FeedbackDesk:
         return record
 
     async def take(self, request_id: str, index: int, label: str, text: str | None) -> Feedback:
-        """Check, claim (once per item), count and land one feedback; raises FeedbackRefused."""
+        """Check, claim (once per item), count and land one feedback; raises FeedbackRefused.
+
+        A text is redacted first (`redact`, the service's redactor, as /classify did before it
+        signed the text's digest), so it is checked, and landed, with placeholders only.
+        """
+        redact = self.redact
+        if text is not None and redact is not None and not self._problem(label, text):
+            text = await asyncio.to_thread(redact, text)
         record = self.check(request_id, index, label, text)
         version, predicted = record.items[index]
         row = None

@@ -58,7 +58,8 @@ def classify_problem(texts: Sequence[str], key: str | None, limits: Limits) -> s
 def feedback_problem(label: str, text: str | None, label_pattern: str, max_chars: int) -> str | None:
     """Why a /feedback body cannot be taken, or None (labels follow the ingest label rules)."""
     if not re.fullmatch(label_pattern, label):
-        return f"label {label!r} does not match the label pattern {label_pattern}"
+        # The label is not echoed: a caller's error may hold what they typed (a card number).
+        return f"label does not match the label pattern {label_pattern}"
     if text is not None and not text.strip():
         return "text is empty: leave it out, or send the text the label belongs to"
     if text is not None and len(text) > max_chars:

@@ -43,6 +43,12 @@ def _build() -> dict[str, Any]:
         ),
         "shadow": Counter("tuneloop_shadow", "Canary items also scored by the champion", [*v, "agreed"]),
         "feedback": Counter("tuneloop_feedback", "Feedback received on answers", [*v, "correct"]),
+        # Counts only, by entity type and door: an operator sees a rise without seeing the data.
+        "personal": Counter(
+            "tuneloop_personal_data",
+            "Personal data found in request texts and replaced by placeholders",
+            ["entity", "endpoint"],
+        ),
         "synced": Gauge(
             "tuneloop_registry_sync_timestamp_seconds",
             "Unix time of the last successful registry read (the stalest worker's)",
@@ -82,6 +88,11 @@ class PrometheusObserver:
 
     def feedback(self, version: str, correct: bool) -> None:
         self.m["feedback"].labels(version, str(correct).lower()).inc()
+
+    def personal_data(self, endpoint: str, found: dict[str, int]) -> None:
+        """Entities redacted from the texts of one request to `endpoint` (classify, feedback)."""
+        for entity, count in found.items():
+            self.m["personal"].labels(entity, endpoint).inc(count)
 
     def synced(self, unix_time: float) -> None:
         """A registry read succeeded at `unix_time` (the follower's on_sync)."""

@@ -6,6 +6,7 @@ the registry through `RegistrySource` (steps/serve.py, the composition root); ev
 mechanism of the serve stage.
 
     POST /classify  {"texts": [...], "key": optional sticky key} -> request_id, predictions
+                    (personal data in a text is replaced by placeholders before the model sees it)
     POST /feedback  {"request_id", "index": 0, "label", "text": optional} -> counted (and landed),
                     once per (request, item); `text` must be the text that item classified
     GET  /status    versions per alias, backends, canary weight, last sync, its age and its error
@@ -26,6 +27,7 @@ from typing import Any
 
 import bentoml
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from tuneloop.config import load_settings, mask_secrets
 from tuneloop.serve import http
@@ -42,6 +44,7 @@ from tuneloop.serve.routing import item_key
 from tuneloop.serve.scoring import Fault, Item, NotReady, score_items
 from tuneloop.serve.settings import load_serve_settings
 from tuneloop.serve.tokens import RequestRecord, load_or_create_secret, sign_request, text_digest
+from tuneloop.steps.privacy import redactor_for
 from tuneloop.steps.serve import RegistrySource
 
 SERVE = load_serve_settings()  # read once per process: the worker count shapes the class below
@@ -97,6 +100,9 @@ class TuneloopService:
                 "tuneloop serve: TUNELOOP_API_TOKEN is not set: /classify, /feedback, /status and "
                 "/metrics answer anyone who can reach this port"
             )
+        # Personal data is replaced before a text reaches the model, a digest, a log or the landing
+        # folder: the same redactor as ingest, so the model sees the placeholders it learnt on.
+        self.redactor = redactor_for(self.settings)
         threads = self.serve.threads or threads_per_session(self.serve.workers)
         source = build_source(self.settings, self.serve, threads)
         self.observer = PrometheusObserver()
@@ -125,10 +131,29 @@ class TuneloopService:
             ),
             landing=self.settings.landing_dir,
             observer=self.observer,
+            redact=self._redact_feedback,
         )
         self.fault = Fault(self.serve.fault_version, self.serve.fault_error_rate, self.serve.fault_latency_ms)
         self.batcher = ItemBatcher(self._score, self.serve.max_batch_size, self.serve.max_latency_ms)
         self.follower.start()
+
+    async def _redact(self, texts: list[str]) -> list[str]:
+        """The texts with personal data replaced; Presidio runs off the event loop, and only when a
+        text may hold an entity (a digit or an '@'), so most requests cost a regex scan."""
+        if not any(self.redactor.may_hold(t) for t in texts):
+            return texts
+        done = await run_in_threadpool(lambda: [self.redactor.redact(t) for t in texts])
+        found: dict[str, int] = {}
+        for item in done:
+            for entity, n in item.found.items():
+                found[entity] = found.get(entity, 0) + n
+        self.observer.personal_data("classify", found)
+        return [item.text for item in done]
+
+    def _redact_feedback(self, text: str) -> str:
+        done = self.redactor.redact(text)
+        self.observer.personal_data("feedback", done.found)
+        return done.text
 
     def __is_ready__(self) -> bool:
         return self.follower.bundle.champion is not None
@@ -154,6 +179,7 @@ class TuneloopService:
         problem = classify_problem(texts, key, self.limits)
         if problem:
             return http.error_response(400, problem)
+        texts = await self._redact(texts)
         nonce = uuid.uuid4().hex
         items = [Item(text, item_key(key, nonce, i)) for i, text in enumerate(texts)]
         try:

@@ -109,7 +109,9 @@ def ingest_step(
         registry = Registry(settings)
     if track and registry is not None:
         log_pending_lineage(cfg, registry)
-    summary = ingest(paths, cfg, progress=progress)
+    from tuneloop.steps.privacy import redactor_for
+
+    summary = ingest(paths, cfg, progress=progress, redactor=redactor_for(settings))
     result = summary.model_dump(mode="json")
     result["mlflow_run_id"] = None
     if track and registry is not None:

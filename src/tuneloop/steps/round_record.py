@@ -13,6 +13,7 @@ from typing import Any
 from tuneloop.config import Settings
 from tuneloop.registry.policy import Policy
 from tuneloop.registry.store import Registry, VersionInfo, checksums, now_iso
+from tuneloop.steps.privacy import personal_data_in
 from tuneloop.steps.round_data import RoundData, snapshot_list_tag
 from tuneloop.train.config import TrainConfig
 
@@ -42,6 +43,8 @@ def version_tags(
         "replay_rows": str(len(data.replay)),
         "replay_sha256": data.replay_manifest.get("sha256", ""),
         "created_at": now_iso(),
+        # Counts only: what ingest redacted from the rows this version trained on as new data.
+        "personal_data": json.dumps(personal_data_in(settings.snapshots_dir, data.snapshot_ids)),
     }
     for set_name, scores in candidate.whole_sets().items():
         tags[f"metric.{set_name}.macro_f1"] = f"{scores.macro_f1:.4f}"
@@ -155,6 +158,8 @@ def log_round(
             mlflow.log_metrics(
                 {f"epoch.{k}": float(v) for k, v in record.items() if k != "epoch"}, step=epoch
             )
+        personal = personal_data_in(settings.snapshots_dir, data.snapshot_ids)
+        mlflow.log_metrics({f"personal_data.{entity}": float(n) for entity, n in personal.items()})
         mlflow.log_metrics(
             {
                 "train_seconds": result.train_seconds,

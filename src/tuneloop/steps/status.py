@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -29,6 +30,7 @@ def data_status(settings: Settings) -> dict[str, Any]:
                 "labels": len(manifest.labels),
                 "content_hash": manifest.content_hash[:12],
                 "sources": [s.path for s in manifest.sources],
+                "personal_data": manifest.batch.get("personal_data", {}),
             }
         )
         for split, counts in manifest.counts.items():
@@ -106,6 +108,7 @@ def registry_status(settings: Settings) -> dict[str, Any]:
                 "golden_macro_f1": info.metric("golden.macro_f1"),
                 "conversion": info.tags.get("conversion", "-"),
                 "rollout": rollout_outcome(info.tags, step),
+                "personal_data": json.loads(info.tags.get("personal_data", "{}")),
             }
         )
     aliases = {alias: v.version for v in found for alias in v.aliases}

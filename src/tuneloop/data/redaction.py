@@ -1,0 +1,53 @@
+"""What ingest asks of a redactor (the privacy stage's `Redactor`, passed in by steps/ingest.py).
+
+Ingest redacts every record's text and label before anything else looks at them, so validation,
+de-duplication, the snapshot and the quarantine report only ever see placeholders. A protocol, not
+an import: stage packages do not import each other; the composition root hands the redactor in.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+from typing import Protocol
+
+from tuneloop.data.readers import RawRecord
+
+
+class Redaction(Protocol):
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def held(self) -> dict[str, int]: ...
+
+
+class TextRedactor(Protocol):
+    def redact(self, text: str) -> Redaction: ...
+    def redact_label(self, label: str) -> Redaction: ...
+    def redact_bytes(self, content: bytes) -> tuple[bytes, dict[str, int]]: ...
+    def quarantine_reason(self, found: dict[str, int]) -> str | None: ...
+
+
+def redact_record(
+    record: RawRecord, redactor: TextRedactor, found: Counter[str]
+) -> tuple[RawRecord, str | None]:
+    """The record with its text, label and detail redacted, and its quarantine reason, if any.
+
+    Adds what it held to `found`.
+    """
+    here: Counter[str] = Counter()
+    text, label, detail = record.text, record.label, record.detail
+    if text:
+        done = redactor.redact(text)
+        text = done.text
+        here.update(done.held)
+    if label:
+        done = redactor.redact_label(label)
+        label = done.text
+        here.update(done.held)
+    if detail:  # a reader's detail may quote the row (a bad JSON line)
+        detail = redactor.redact(detail).text
+    found.update(here)
+    reason = redactor.quarantine_reason(dict(here)) if here else None
+    return replace(record, text=text, label=label, detail=detail), reason
