@@ -1,11 +1,25 @@
 """The recognizers: Presidio's pattern recognizers with checksums, and two a support desk needs.
 
 Presidio's own (each validates what its pattern matched, so a random 16-digit number is not a card):
-- CREDIT_CARD: 12-19 digits in the usual groupings, Luhn checksum;
+- CREDIT_CARD: Presidio's Luhn check, on a wider pattern than its own (below);
 - IBAN_CODE: country code, check digits and the country's length, mod-97 checksum;
 - EMAIL_ADDRESS: a pattern, then a public suffix check (tldextract, read offline: see below);
-- PHONE_NUMBER: `phonenumbers`' matcher, valid numbers of the configured regions only;
+- PHONE_NUMBER: `phonenumbers`' matcher over the configured regions, made less strict (below);
 - IP_ADDRESS (v4 and v6) and CRYPTO (Bitcoin addresses, base58 or bech32 checksum).
+
+Two of Presidio's defaults missed too much of what people type (measured on Faker's numbers, 500
+cards and 200 phone numbers per locale, and on all 13,083 BANKING77 texts for false alarms):
+- its card pattern knows prefixes 1, 3, 4, 5[0-5] and 6 and at most 16 digits in four groups, so
+  Mastercard's 2-series, 19-digit Visa, 12-digit Maestro and 15-digit JCB pass: recall 0.74. Any
+  12 to 19 digits (spaces or dashes between) that pass Luhn: 1.0, no false alarm on BANKING77;
+  a random digit run passes Luhn 1 time in 10, so a long reference number may go as a card: it is
+  redacted either way.
+- its phone matcher takes only numbers valid in their region (leniency VALID): Faker's numbers
+  (area codes 555 or 0xx, extensions) pass 0.70 to 0.99 by locale, and a typo makes a real one
+  invalid. POSSIBLE (plausible length) took amounts and ages ("$20", "I am 16": 98 texts of
+  BANKING77), so a match must also hold 7 digits with separators or a '+', 10 as a bare run, and
+  not be a date: recall 1.0 in 9 of 11 locales, 0.94 for en_AU and 0.84 for it_IT (local numbers
+  of 8 and 9 bare digits), no false alarm on BANKING77; a bare 10+ digit reference may go as a phone.
 The project's: ORDER_NUMBER and ACCOUNT_NUMBER, an identifier right after the words that name it
 ("order #A1234567", "account number 12345678"). Presidio's context words need an NLP model to
 find words near a match, and none is loaded (NoOpNlpEngine), so the context is in the pattern: a
@@ -16,6 +30,7 @@ is replaced and the words stay for the model.
 from __future__ import annotations
 
 import importlib
+import re
 from typing import Any
 
 from tuneloop.privacy.rules import PrivacyRules
@@ -52,22 +67,50 @@ def _offline_email_recognizer() -> Any:
     return OfflineEmailRecognizer()
 
 
+# 12 to 19 digits, spaces or dashes allowed between them, not part of a longer number or a '+'
+# international phone number; Presidio's CreditCardRecognizer then keeps those that pass Luhn.
+_CARD = r"(?<![\d+-])\d{4}(?:[ -]?\d){8,15}(?![\d-])"
+_DATE = re.compile(r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}")
+_NOT_DIGIT = re.compile(r"\D")
+
+
+def _card_recognizer() -> Any:
+    from presidio_analyzer import Pattern
+    from presidio_analyzer.predefined_recognizers import CreditCardRecognizer
+
+    return CreditCardRecognizer(patterns=[Pattern("card number, 12-19 digits", _CARD, 0.3)])
+
+
+def _phone_recognizer(regions: tuple[str, ...]) -> Any:
+    import phonenumbers
+    from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+
+    class PlausiblePhoneRecognizer(PhoneRecognizer):
+        """Possible numbers of the regions, with enough digits, and not a date (module docstring)."""
+
+        def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
+            kept = []
+            for result in super().analyze(text, entities, nlp_artifacts):
+                match = text[result.start : result.end]
+                digits = len(_NOT_DIGIT.sub("", match))
+                if _DATE.fullmatch(match) or digits < (10 if match.isdigit() else 7):
+                    continue
+                kept.append(result)
+            return kept
+
+    return PlausiblePhoneRecognizer(supported_regions=regions, leniency=phonenumbers.Leniency.POSSIBLE)
+
+
 def build_recognizers(rules: PrivacyRules) -> list[Any]:
     """One recognizer per entity the rules name (and the NER hook's), English, no NLP model."""
     from presidio_analyzer import Pattern, PatternRecognizer
-    from presidio_analyzer.predefined_recognizers import (
-        CreditCardRecognizer,
-        CryptoRecognizer,
-        IbanRecognizer,
-        IpRecognizer,
-        PhoneRecognizer,
-    )
+    from presidio_analyzer.predefined_recognizers import CryptoRecognizer, IbanRecognizer, IpRecognizer
 
     makers: dict[str, Any] = {
-        "CREDIT_CARD": CreditCardRecognizer,
+        "CREDIT_CARD": _card_recognizer,
         "IBAN_CODE": IbanRecognizer,
         "EMAIL_ADDRESS": _offline_email_recognizer,
-        "PHONE_NUMBER": lambda: PhoneRecognizer(supported_regions=rules.phone_regions),
+        "PHONE_NUMBER": lambda: _phone_recognizer(rules.phone_regions),
         "IP_ADDRESS": IpRecognizer,
         "CRYPTO": CryptoRecognizer,
         "ORDER_NUMBER": lambda: PatternRecognizer(
