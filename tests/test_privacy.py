@@ -295,3 +295,30 @@ def test_the_redactor_is_built_once_per_policy_content(tmp_path: Path) -> None:
     assert redactor_for(settings) is first  # type: ignore[arg-type]
     settings2 = settings_with(tmp_path, EMAIL_ADDRESS="quarantine")  # same path, new content
     assert redactor_for(settings2) is not first  # type: ignore[arg-type]
+
+
+def test_a_landing_file_with_personal_data_is_removed_once_its_rows_are_committed(tmp_path: Path) -> None:
+    from tuneloop.steps.ingest import ingest_step
+
+    settings = settings_with(tmp_path)
+    landing = tmp_path / "home" / "landing"
+    landing.mkdir(parents=True)
+    rows, values = dirty_rows()
+    pd.DataFrame(rows).to_csv(landing / "dirty.csv", index=False)
+    pd.DataFrame(rows[4:]).to_csv(landing / "clean.csv", index=False)
+    pd.DataFrame(rows).to_csv(tmp_path / "elsewhere.csv", index=False)
+    result = ingest_step(settings, [], track=False)  # type: ignore[arg-type]  # the landing folder
+    assert result["landing_removed"] == [str(landing / "dirty.csv")]
+    assert sorted(p.name for p in landing.iterdir()) == ["clean.csv"]  # nothing private: kept
+    assert not [v for v in values.values() if v.encode() in every_byte_under(tmp_path / "home")]
+    named = ingest_step(settings, [tmp_path / "elsewhere.csv"], track=False)  # type: ignore[arg-type]
+    assert named["landing_removed"] == [] and (tmp_path / "elsewhere.csv").is_file()  # the caller's
+
+    (tmp_path / "keep" / "home" / "landing").mkdir(parents=True)
+    kept = settings_with(tmp_path / "keep")
+    policy = yaml.safe_load(Path(kept.policy_path).read_text())  # type: ignore[attr-defined]
+    policy["privacy"]["landing_files_with_personal_data"] = "keep"
+    Path(kept.policy_path).write_text(yaml.safe_dump(policy))  # type: ignore[attr-defined]
+    pd.DataFrame(rows).to_csv(tmp_path / "keep" / "home" / "landing" / "dirty.csv", index=False)
+    assert ingest_step(kept, [], track=False)["landing_removed"] == []  # type: ignore[arg-type]
+    assert (tmp_path / "keep" / "home" / "landing" / "dirty.csv").is_file()

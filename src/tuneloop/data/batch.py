@@ -28,6 +28,10 @@ class IngestConfig:
     # place (no rename) pauses between writes far less than 2 s, and a poll every minute or so
     # loses at most one poll to the wait. Tests set 0.
     settle_seconds: float = 2.0
+    # A file in the landing folder that held personal data is removed once its rows are committed
+    # (redacted) to the snapshot or quarantine, so the folder does not keep the values for good
+    # (policy privacy.landing_files_with_personal_data). Files named outside landing are the caller's.
+    remove_private_landing_files: bool = True
 
     @property
     def snapshots_dir(self) -> Path:
@@ -86,6 +90,10 @@ class IngestSummary(BaseModel):
         default_factory=list, description="still being written: left in place for a later poll"
     )
     quarantine_report: str | None = None
+    landing_removed: list[str] = Field(
+        default_factory=list,
+        description="landing files that held personal data, removed once their rows were committed redacted",
+    )
     split: dict[str, int] = Field(default_factory=dict)
     message: str = ""
 
@@ -124,6 +132,10 @@ def summary_message(s: IngestSummary, n_files: int) -> str:
     if s.personal_data:
         found = ", ".join(f"{n} {entity}" for entity, n in s.personal_data.items())
         parts.append(f"personal data redacted: {found}")
+    if s.landing_removed:
+        parts.append(
+            f"{len(s.landing_removed)} landing file(s) with personal data removed (rows kept redacted)"
+        )
     if s.skipped_files:
         parts.append(f"{len(s.skipped_files)} file(s) already ingested, skipped")
     if s.files_quarantined:

@@ -65,6 +65,23 @@ from tuneloop.data.validate import CleanRow, Rules, check_record
 __all__ = ["IngestConfig", "IngestError", "IngestSummary", "ingest", "resolve_inputs"]
 
 
+def remove_private_landing(files: list[snap.SourceFile], landing_dir: Path) -> list[str]:
+    """Remove the landing folder's files that held personal data; return their paths.
+
+    Called once their rows are in the committed snapshot or the quarantine report (redacted): the
+    originals would keep card numbers in the landing folder for good. A file a kill leaves behind is
+    known by its hash and skipped by later ingests; `tuneloop redact --check` lists it.
+    """
+    removed = []
+    root = landing_dir.resolve()
+    for source in files:
+        path = Path(source.path)
+        if source.personal_data and path.resolve().is_relative_to(root) and path.is_file():
+            path.unlink()
+            removed.append(source.path)
+    return removed
+
+
 def resolve_inputs(paths: list[Path], cfg: IngestConfig) -> list[Path]:
     """Paths as given, or the landing folder when none are.
 
@@ -153,6 +170,7 @@ def ingest(
                 if content is not None:
                     content, found = redactor.redact_bytes(content)
                     personal.update(found)
+                    source.personal_data = sum(found.values())
             keep_whole_file(cfg.quarantine_dir, batch, source, content)
             summary.files_quarantined.append(
                 FileQuarantine(path=source.path, reason=source.error or "", detail=source.detail)
@@ -193,7 +211,9 @@ def ingest(
                 source.rows += 1
                 private = None
                 if redactor is not None:
+                    before = sum(personal.values())
                     raw, private = redact_record(raw, redactor, personal)
+                    source.personal_data += sum(personal.values()) - before
                 result = check_record(raw, rules, label_re)
                 if isinstance(result, CleanRow) and private is not None:
                     result = ("personal_data", private)
@@ -285,6 +305,9 @@ def ingest(
                     f"snapshot id moved under the ingest lock: {manifest.id} != {summary.snapshot}"
                 )
         else:
+            summary.message = summary_message(summary, len(files))
+        if cfg.remove_private_landing_files:  # only now: every row is committed, redacted
+            summary.landing_removed = remove_private_landing(summary.files, cfg.landing_dir)
             summary.message = summary_message(summary, len(files))
         snap.write_json_atomic(cfg.ledger_dir / f"{batch}.json", summary.model_dump(mode="json"))
     return summary

@@ -251,6 +251,11 @@ class PrivacyPolicy(_Section):
         min_length=1,
         description="Regions whose phone number formats are recognised (phonenumbers region codes).",
     )
+    landing_files_with_personal_data: Literal["remove", "keep"] = Field(
+        default="remove",
+        description="A landing-folder file that held personal data: removed once its rows are committed "
+        "(redacted) to a snapshot or quarantine, or kept as it arrived.",
+    )
     ner_recognizers: list[str] = Field(
         default_factory=list,
         description="'package.module:Class' Presidio recognizers backed by a named-entity model: the "

@@ -12,6 +12,7 @@ a second run.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -109,8 +110,9 @@ def ingest_step(
         registry = Registry(settings)
     if track and registry is not None:
         log_pending_lineage(cfg, registry)
-    from tuneloop.steps.privacy import redactor_for
+    from tuneloop.steps.privacy import redactor_for, removes_private_landing_files
 
+    cfg = replace(cfg, remove_private_landing_files=removes_private_landing_files(settings))
     summary = ingest(paths, cfg, progress=progress, redactor=redactor_for(settings))
     result = summary.model_dump(mode="json")
     result["mlflow_run_id"] = None

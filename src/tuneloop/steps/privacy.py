@@ -36,6 +36,13 @@ def privacy_rules(policy_path: Path) -> PrivacyRules:
     )
 
 
+def removes_private_landing_files(settings: Settings) -> bool:
+    """Whether ingest removes landing files that held personal data (policy privacy section)."""
+    from tuneloop.registry.policy import load_policy
+
+    return load_policy(settings.policy_path).privacy.landing_files_with_personal_data == "remove"
+
+
 def redactor_for(settings: Settings) -> Redactor:
     """The redactor the policy file describes (one per process and policy content)."""
     from tuneloop.privacy.redactor import Redactor
