@@ -89,7 +89,8 @@ def test_status_fits_80_columns_folds_instead_of_cutting_and_shows_each_rollout(
     assert rows["4"][2] == f"rolled back: {REASON}"  # folded over lines, whole when joined
     assert rows["5"][1] == "canary" and rows["5"][2] == "canary at step 2"
     said = " ".join(result.output.split())  # the caption wraps like any text
-    assert "not shown at 80 columns: golden F1, convert, snapshot, parent, redacted (--wide shows them)" in said
+    hidden = "golden F1, convert, snapshot, parent, redacted"
+    assert f"not shown at 80 columns: {hidden} (--wide shows them)" in said
 
 
 def test_status_wide_shows_every_column_on_one_line(registry_with_history, monkeypatch):

@@ -138,7 +138,9 @@ def settings_with(tmp_path: Path, **actions: str) -> object:
     data = yaml.safe_load(POLICY.read_text())
     data["privacy"]["entities"].update(actions)
     (tmp_path / "policy.yaml").write_text(yaml.safe_dump(data))
-    return load_settings(home=tmp_path / "home", policy_path=tmp_path / "policy.yaml")
+    return load_settings(
+        home=tmp_path / "home", policy_path=tmp_path / "policy.yaml", landing_settle_seconds=0
+    )
 
 
 def dirty_rows() -> tuple[list[dict[str, str]], dict[str, str]]:
@@ -322,3 +324,11 @@ def test_a_landing_file_with_personal_data_is_removed_once_its_rows_are_committe
     pd.DataFrame(rows).to_csv(tmp_path / "keep" / "home" / "landing" / "dirty.csv", index=False)
     assert ingest_step(kept, [], track=False)["landing_removed"] == []  # type: ignore[arg-type]
     assert (tmp_path / "keep" / "home" / "landing" / "dirty.csv").is_file()
+
+
+def test_a_phone_number_right_before_a_card_number_is_found_too(redactor: Redactor) -> None:
+    """phonenumbers' matcher reads '+44118 496 0264 5530972151340591' as one number until the
+    card is replaced: the redactor runs again on its own output."""
+    done = redactor.redact("+44118 496 0264 5530972151340591 river")
+    assert done.text == "<PHONE> <CREDIT_CARD> river"
+    assert done.found == {"PHONE_NUMBER": 1, "CREDIT_CARD": 1}

@@ -168,9 +168,9 @@ def ingest(
             if redactor is not None:
                 source.detail = redactor.redact(source.detail).text
                 if content is not None:
-                    content, found = redactor.redact_bytes(content)
-                    personal.update(found)
-                    source.personal_data = sum(found.values())
+                    content, held = redactor.redact_bytes(content)
+                    personal.update(held)
+                    source.personal_data = sum(held.values())
             keep_whole_file(cfg.quarantine_dir, batch, source, content)
             summary.files_quarantined.append(
                 FileQuarantine(path=source.path, reason=source.error or "", detail=source.detail)
@@ -211,9 +211,8 @@ def ingest(
                 source.rows += 1
                 private = None
                 if redactor is not None:
-                    before = sum(personal.values())
-                    raw, private = redact_record(raw, redactor, personal)
-                    source.personal_data += sum(personal.values()) - before
+                    raw, private, replaced = redact_record(raw, redactor, personal)
+                    source.personal_data += replaced
                 result = check_record(raw, rules, label_re)
                 if isinstance(result, CleanRow) and private is not None:
                     result = ("personal_data", private)

@@ -19,6 +19,8 @@ class Redaction(Protocol):
     def text(self) -> str: ...
 
     @property
+    def found(self) -> dict[str, int]: ...
+    @property
     def held(self) -> dict[str, int]: ...
 
 
@@ -30,24 +32,23 @@ class TextRedactor(Protocol):
 
 
 def redact_record(
-    record: RawRecord, redactor: TextRedactor, found: Counter[str]
-) -> tuple[RawRecord, str | None]:
-    """The record with its text, label and detail redacted, and its quarantine reason, if any.
-
-    Adds what it held to `found`.
-    """
+    record: RawRecord, redactor: TextRedactor, held: Counter[str]
+) -> tuple[RawRecord, str | None, int]:
+    """The record with its text, label and detail redacted, its quarantine reason (if any), and how
+    many values were replaced in it. Adds what it held (values and placeholders) to `held`."""
     here: Counter[str] = Counter()
+    replaced = 0
     text, label, detail = record.text, record.label, record.detail
     if text:
         done = redactor.redact(text)
-        text = done.text
+        text, replaced = done.text, replaced + sum(done.found.values())
         here.update(done.held)
     if label:
         done = redactor.redact_label(label)
-        label = done.text
+        label, replaced = done.text, replaced + sum(done.found.values())
         here.update(done.held)
     if detail:  # a reader's detail may quote the row (a bad JSON line)
         detail = redactor.redact(detail).text
-    found.update(here)
+    held.update(here)
     reason = redactor.quarantine_reason(dict(here)) if here else None
-    return replace(record, text=text, label=label, detail=detail), reason
+    return replace(record, text=text, label=label, detail=detail), reason, replaced

@@ -50,7 +50,7 @@ class SourceFile(BaseModel):
     error: str | None = Field(default=None, description="why the whole file was quarantined, if it was")
     detail: str = ""
     columns: list[str] | None = Field(default=None, description="the (text, label) columns it was read with")
-    personal_data: int = Field(default=0, description="personal data items found in it and redacted")
+    personal_data: int = Field(default=0, description="personal data values found in it and redacted")
 
 
 class Manifest(BaseModel):

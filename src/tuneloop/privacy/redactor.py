@@ -80,16 +80,22 @@ class Redactor:
     def redact(self, text: str) -> Redacted:
         placeholders = Counter(self._by_placeholder[m] for m in self._placeholder_re.findall(text))
         found: Counter[str] = Counter()
-        if self.may_hold(text):
+        # Again on the result while a pass finds something (3 passes at most): phonenumbers' matcher
+        # reads a phone number written right before a card number as one long number, and finds
+        # it only once the card is a placeholder.
+        for _ in range(3):
+            if not self.may_hold(text):
+                break
             results = self._analyzer.analyze(
                 text, language="en", entities=self._entities, score_threshold=self.rules.min_score
             )
-            if results:
-                # The analyzer's results are what the anonymizer takes (Presidio's documented use);
-                # the two packages declare the class separately, hence the ignore.
-                out = self._anonymizer.anonymize(text, results, operators=self._operators)  # type: ignore[arg-type]
-                text = out.text
-                found.update(item.entity_type for item in out.items)
+            if not results:
+                break
+            # The analyzer's results are what the anonymizer takes (Presidio's documented use);
+            # the two packages declare the class separately, hence the ignore.
+            out = self._anonymizer.anonymize(text, results, operators=self._operators)  # type: ignore[arg-type]
+            text = out.text
+            found.update(item.entity_type for item in out.items)
         return Redacted(text, dict(found), dict(placeholders))
 
     def redact_label(self, label: str) -> Redacted:

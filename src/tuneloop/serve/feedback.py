@@ -188,10 +188,13 @@ class FeedbackDesk:
     async def take(self, request_id: str, index: int, label: str, text: str | None) -> Feedback:
         """Check, claim (once per item), count and land one feedback; raises FeedbackRefused.
 
-        A text is redacted first (`redact`, the service's redactor, as /classify did before it
-        signed the text's digest), so it is checked, and landed, with placeholders only.
+        The label and text are redacted first (`redact`, the service's redactor, as /classify did
+        before it signed the text's digest), so they are checked, and landed, with placeholders
+        only; a label that held personal data then fails the label pattern (400).
         """
         redact = self.redact
+        if redact is not None:  # a label is the caller's free text too (a card number matches it)
+            label = await asyncio.to_thread(redact, label)
         if text is not None and redact is not None and not self._problem(label, text):
             text = await asyncio.to_thread(redact, text)
         record = self.check(request_id, index, label, text)
