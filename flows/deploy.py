@@ -36,6 +36,8 @@ DEPLOYMENTS: list[tuple[str, str, dict[str, Any]]] = [
     ("flows/train.py:train_flow", "manual", {}),
     ("flows/train.py:approve_flow", "manual", {}),
     ("flows/ingest.py:exclude_flow", "manual", {}),
+    # Weekly: what was stored before redaction existed, or landed by hand, is found and reported.
+    ("flows/ingest.py:redact_check_flow", "weekly-scan", {"cron": "0 3 * * 0"}),
 ]
 
 
@@ -66,7 +68,7 @@ def options(entrypoint: str, schedule: dict[str, Any]) -> dict[str, Any]:
 def runner_deployments() -> list[Any]:
     """Every deployment as a RunnerDeployment of the flows imported here (for `serve`)."""
     from flows.continual import continual_flow
-    from flows.ingest import exclude_flow, ingest_flow
+    from flows.ingest import exclude_flow, ingest_flow, redact_check_flow
     from flows.train import approve_flow, train_flow
     from flows.watch import watch_flow
 
@@ -77,6 +79,7 @@ def runner_deployments() -> list[Any]:
         "train_flow": train_flow,
         "approve_flow": approve_flow,
         "exclude_flow": exclude_flow,
+        "redact_check_flow": redact_check_flow,
     }
     return [
         flows[ep.split(":")[1]].to_deployment(name=name, **options(ep, sched))

@@ -21,6 +21,7 @@ from flows.events import DATA_LANDED
 from tuneloop.config import load_settings
 from tuneloop.steps.exclusions import exclude_step
 from tuneloop.steps.ingest import ingest_step
+from tuneloop.steps.privacy import redact_check
 
 
 @task(name="ingest-files", retries=2, retry_delay_seconds=10)
@@ -52,6 +53,28 @@ def exclude_flow(snapshot: str, reason: str, by: str | None = None, undo: bool =
     """Keep a snapshot out of every later round (or let it back with `undo`): `tuneloop exclude`."""
     result = exclude_task(snapshot, reason, by, undo)
     get_run_logger().info(f"{snapshot}: excluded now {result['excluded_now']}")
+    return result
+
+
+class PersonalDataFound(RuntimeError):
+    """The scan found personal data: the run fails, so an automation on failed runs tells someone."""
+
+
+@task(name="scan-for-personal-data")
+def redact_check_task() -> dict[str, Any]:
+    return redact_check(load_settings())
+
+
+@flow(name="redact-check", log_prints=True)
+def redact_check_flow() -> dict[str, Any]:
+    """Scan snapshots, quarantine and landing for personal data: `tuneloop redact --check`.
+
+    Counts per file and entity, never the values. Fails when anything is found (the CLI exits 1).
+    """
+    result = redact_check_task()
+    get_run_logger().info(result["message"])
+    if result["files"]:
+        raise PersonalDataFound(result["message"])
     return result
 
 

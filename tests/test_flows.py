@@ -37,6 +37,31 @@ def test_ingest_flow_cuts_a_snapshot_and_is_idempotent(prefect_harness, home, mo
     assert again["skipped_files"] == [str(data)]
 
 
+def test_redact_check_flow_fails_on_an_old_snapshot_holding_a_card_number(prefect_harness, home, monkeypatch):
+    from flows.ingest import redact_check_flow
+
+    from tuneloop.config import load_settings
+    from tuneloop.data.ingest import ingest
+    from tuneloop.steps.ingest import ingest_config
+
+    monkeypatch.setenv("TUNELOOP_HOME", str(home))
+    clean = redact_check_flow(return_state=True)
+    assert clean.is_completed() and clean.result()["files"] == []
+    home.mkdir(parents=True, exist_ok=True)
+    data = home / "old.csv"
+    rows = {
+        "text": ["my card 4111 1111 1111 1111 is blocked", "where is my parcel"],
+        "label": ["card", "parcel"],
+    }
+    pd.DataFrame(rows).to_csv(data, index=False)
+    ingest([data], ingest_config(load_settings()))  # as stored before redaction existed
+    data.unlink()
+    state = redact_check_flow(return_state=True)
+    assert state.is_failed() and "snap-0001" in str(state.message) + repr(
+        state.result(raise_on_failure=False)
+    )
+
+
 def test_train_and_convert_flows_register_and_convert_a_version(prefect_harness, monkeypatch, tmp_path):
     import numpy as np
     from flows.convert import convert_flow

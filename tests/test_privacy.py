@@ -332,3 +332,25 @@ def test_a_phone_number_right_before_a_card_number_is_found_too(redactor: Redact
     done = redactor.redact("+44118 496 0264 5530972151340591 river")
     assert done.text == "<PHONE> <CREDIT_CARD> river"
     assert done.found == {"PHONE_NUMBER": 1, "CREDIT_CARD": 1}
+
+
+def test_the_named_entity_hook_loads_a_recognizer_and_turns_the_digit_shortcut_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No package here ships a named-entity model; the hook takes one, as a Presidio recognizer."""
+    (tmp_path / "fake_ner.py").write_text(
+        "from presidio_analyzer import Pattern, PatternRecognizer\n"
+        "class Names(PatternRecognizer):\n"
+        "    def __init__(self):\n"
+        "        pattern = Pattern('name', r'\\bAda Lovelace\\b', 0.9)\n"
+        "        super().__init__(supported_entity='PERSON', patterns=[pattern])\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rules = PrivacyRules(
+        entities={"PERSON": "redact", "EMAIL_ADDRESS": "redact"}, ner_recognizers=("fake_ner:Names",)
+    )
+    with_ner = Redactor(rules)
+    assert with_ner.may_hold("no digits here")
+    assert with_ner.redact("this is Ada Lovelace, ada@example.com").text == "this is <PERSON>, <EMAIL>"
+    with pytest.raises(ValueError, match="package.module:Class"):
+        Redactor(PrivacyRules(entities={"PERSON": "redact"}, ner_recognizers=("fake_ner",)))
