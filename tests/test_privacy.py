@@ -354,3 +354,18 @@ def test_the_named_entity_hook_loads_a_recognizer_and_turns_the_digit_shortcut_o
     assert with_ner.redact("this is Ada Lovelace, ada@example.com").text == "this is <PERSON>, <EMAIL>"
     with pytest.raises(ValueError, match="package.module:Class"):
         Redactor(PrivacyRules(entities={"PERSON": "redact"}, ner_recognizers=("fake_ner",)))
+
+
+def test_a_parquet_file_quarantined_whole_is_kept_as_a_redacted_table(tmp_path: Path) -> None:
+    """Parquet compresses its strings, so a byte scan would not see a card number it keeps."""
+    from tuneloop.steps.ingest import ingest_step
+
+    settings = settings_with(tmp_path)
+    rows = {"message": ["my card 4111 1111 1111 1111 is stuck", "hello"], "intent": ["card", "greet"]}
+    pd.DataFrame(rows).to_parquet(tmp_path / "wrong.parquet", compression="zstd")
+    result = ingest_step(settings, [tmp_path / "wrong.parquet"], track=False)  # type: ignore[arg-type]
+    assert [f["reason"] for f in result["files_quarantined"]] == ["wrong_columns"]
+    (kept,) = (tmp_path / "home" / "quarantine" / "files").rglob("*.parquet")
+    table = pd.read_parquet(kept)
+    assert table["message"].tolist() == ["my card <CREDIT_CARD> is stuck", "hello"]
+    assert result["personal_data"] == {"CREDIT_CARD": 1}

@@ -59,7 +59,7 @@ from tuneloop.data.quarantine import (
     write_quarantine_report,
 )
 from tuneloop.data.readers import read_file
-from tuneloop.data.redaction import TextRedactor, redact_record
+from tuneloop.data.redaction import TextRedactor, redact_file, redact_record
 from tuneloop.data.validate import CleanRow, Rules, check_record
 
 __all__ = ["IngestConfig", "IngestError", "IngestSummary", "ingest", "resolve_inputs"]
@@ -168,7 +168,7 @@ def ingest(
             if redactor is not None:
                 source.detail = redactor.redact(source.detail).text
                 if content is not None:
-                    content, held = redactor.redact_bytes(content)
+                    content, held = redact_file(content, Path(source.path).suffix, redactor)
                     personal.update(held)
                     source.personal_data = sum(held.values())
             keep_whole_file(cfg.quarantine_dir, batch, source, content)

@@ -52,3 +52,37 @@ def redact_record(
     held.update(here)
     reason = redactor.quarantine_reason(dict(here)) if here else None
     return replace(record, text=text, label=label, detail=detail), reason, replaced
+
+
+def redact_file(content: bytes, suffix: str, redactor: TextRedactor) -> tuple[bytes, dict[str, int]]:
+    """A whole file's bytes as quarantine may keep them, and what they held.
+
+    A Parquet table (one with the wrong columns, say) is compressed: its bytes hide the values from
+    a text redactor, so every string cell is redacted and the table written again. Anything else,
+    and a Parquet file that does not read as a table, is redacted line by line as text.
+    """
+    if suffix.lower() == ".parquet":
+        import io
+
+        import pandas as pd
+
+        try:
+            frame = pd.read_parquet(io.BytesIO(content))
+        except Exception:  # unreadable: what it holds is bytes, redacted as such below
+            frame = None
+        if frame is not None:
+            held: Counter[str] = Counter()
+
+            def cell(value: object) -> object:
+                if not isinstance(value, str):
+                    return value
+                done = redactor.redact(value)
+                held.update(done.held)
+                return done.text
+
+            for column in frame.columns:
+                frame[column] = frame[column].map(cell)
+            out = io.BytesIO()
+            frame.to_parquet(out, index=False)
+            return out.getvalue(), dict(held)
+    return redactor.redact_bytes(content)
