@@ -86,10 +86,11 @@ def test_a_slow_download_does_not_hold_up_the_next_registry_read() -> None:
 
 def test_a_load_that_hangs_is_given_up_while_the_last_champion_serves() -> None:
     source = Source(RegistryState({"champion": "1"}, 0.0))
-    # 2 s: long enough for the instant first load on a busy machine (0.3 s was not, under load),
-    # short enough to wait out the hung one.
-    follower = Follower(source, poll_s=1, retain_s=100, retry_failed_s=50, load_timeout_s=2.0)
+    # The first load is instant but settles the heap (a full gc.collect of everything the test
+    # process has imported): it took over 2 s in a loaded CI run, so it gets 120 s; the hung one 2 s.
+    follower = Follower(source, poll_s=1, retain_s=100, retry_failed_s=50, load_timeout_s=120.0)
     assert follower.poll_once().champion is not None
+    follower.load_timeout_s = 2.0
     source.hold["3"] = threading.Event()  # never released: a download that hangs
     source.state = RegistryState({"champion": "3"}, 0.0)
     assert in_thread(follower.poll_once, 15), "a hung download held the poll"
