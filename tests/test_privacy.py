@@ -369,3 +369,26 @@ def test_a_parquet_file_quarantined_whole_is_kept_as_a_redacted_table(tmp_path: 
     table = pd.read_parquet(kept)
     assert table["message"].tolist() == ["my card <CREDIT_CARD> is stuck", "hello"]
     assert result["personal_data"] == {"CREDIT_CARD": 1}
+
+
+def test_a_number_after_a_card_or_an_iban_stays_and_is_not_taken_for_a_phone(redactor: Redactor) -> None:
+    """A pattern judged the whole digit run: the card and the amount after it failed Luhn together,
+    and a phone match from an IBAN's last group into the amount took the amount with it."""
+    cases = {
+        "card 378005062301612 10 pounds": "card <CREDIT_CARD> 10 pounds",
+        "card 4111 1111 1111 1111 10 pounds": "card <CREDIT_CARD> 10 pounds",
+        "send to GB82 WEST 1234 5698 7654 32 10 pounds today": "send to <IBAN> 10 pounds today",
+        "aged 16, IBAN DE89 3704 0044 0532 0130 00 18 years": "aged 16, IBAN <IBAN> 18 years",
+        "call 001-335-504-9258 now": "call <PHONE> now",  # 13 digits that pass Luhn: still a phone
+    }
+    assert {text: redactor.redact(text).text for text in cases} == cases
+
+
+def test_a_policy_with_no_entities_looks_for_nothing_and_fails_nothing(tmp_path: Path) -> None:
+    data = yaml.safe_load(POLICY.read_text())
+    data["privacy"]["entities"] = {}
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(data))
+    nothing = Redactor(privacy_rules(tmp_path / "policy.yaml"))
+    text = "card 4111 1111 1111 1111 <CREDIT_CARD>"
+    assert not nothing.may_hold(text)
+    assert (nothing.redact(text).text, nothing.redact(text).held) == (text, {})
