@@ -380,6 +380,8 @@ def test_a_number_after_a_card_or_an_iban_stays_and_is_not_taken_for_a_phone(red
         "send to GB82 WEST 1234 5698 7654 32 10 pounds today": "send to <IBAN> 10 pounds today",
         "aged 16, IBAN DE89 3704 0044 0532 0130 00 18 years": "aged 16, IBAN <IBAN> 18 years",
         "call 001-335-504-9258 now": "call <PHONE> now",  # 13 digits that pass Luhn: still a phone
+        # A sort code and account number whose last 12 digits pass Luhn: not written like a card.
+        "my account 31-35-67 07378283 is locked": "my account <ACCOUNT_NUMBER> is locked",
     }
     assert {text: redactor.redact(text).text for text in cases} == cases
 

@@ -41,14 +41,20 @@ def redact_record(
     text, label, detail = record.text, record.label, record.detail
     if text:
         done = redactor.redact(text)
-        text, replaced = done.text, replaced + sum(done.found.values())
-        here.update(done.held)
+        text = done.text
+        if done.held:
+            replaced += sum(done.found.values())
+            here.update(done.held)
     if label:
         done = redactor.redact_label(label)
-        label, replaced = done.text, replaced + sum(done.found.values())
-        here.update(done.held)
+        label = done.text
+        if done.held:
+            replaced += sum(done.found.values())
+            here.update(done.held)
     if detail:  # a reader's detail may quote the row (a bad JSON line)
         detail = redactor.redact(detail).text
+    if not here and (text, label, detail) == (record.text, record.label, record.detail):
+        return record, None, 0  # nothing found: the record as it was (most rows)
     held.update(here)
     reason = redactor.quarantine_reason(dict(here)) if here else None
     return replace(record, text=text, label=label, detail=detail), reason, replaced

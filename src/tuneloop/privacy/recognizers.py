@@ -95,7 +95,9 @@ def card_spans(text: str) -> list[tuple[int, int]]:
     first) of a run is tried, so the card is found and the amount after it left alone. A run right
     after a '+' does not start a card there, nor does a leading 0 (no card brand starts with 0 but
     Maestro's old 0604 range; "00..." and "0..." are how phone numbers start): those are phone
-    numbers, which pass Luhn 1 time in 10 too.
+    numbers, which pass Luhn 1 time in 10 too. Groups before the last hold 4 digits or more, as
+    cards are written (4-4-4-4, 4-6-5, 4-4-4-3): a sort code and account number ("31-35-67
+    07378283") may pass Luhn but are not a card.
     """
     spans = []
     for run in _DIGIT_RUN.finditer(text):
@@ -104,6 +106,8 @@ def card_spans(text: str) -> list[tuple[int, int]]:
         while i < len(groups):
             found = None
             for j in range(len(groups), i, -1):
+                if any(b - a < 4 for a, b in groups[i : j - 1]):
+                    continue  # groups of 2 or 3 before the last are not how cards are written
                 digits = "".join(text[a:b] for a, b in groups[i:j])
                 if (
                     12 <= len(digits) <= 19

@@ -42,6 +42,10 @@ class Redacted:
     @property
     def held(self) -> dict[str, int]:
         """Both: what the text held, redacted here or before."""
+        if not self.placeholders:  # the common case, on every row of an ingest: no Counter
+            return self.found
+        if not self.found:
+            return self.placeholders
         return dict(Counter(self.found) + Counter(self.placeholders))
 
 
@@ -123,9 +127,9 @@ class Redactor:
 
     def redact(self, text: str) -> Redacted:
         pattern = self._placeholder_re
-        placeholders = (
-            Counter(self._by_placeholder[m] for m in pattern.findall(text)) if pattern else Counter()
-        )
+        placeholders: Counter[str] = Counter()
+        if pattern is not None and "<" in text:
+            placeholders.update(self._by_placeholder[m] for m in pattern.findall(text))
         found: Counter[str] = Counter()
         # Again on the result while a pass finds something (3 passes at most): phonenumbers' matcher
         # reads a phone number written right before a card number as one long number, and finds
