@@ -101,13 +101,17 @@ def card_spans(text: str) -> list[tuple[int, int]]:
     """
     spans = []
     for run in _DIGIT_RUN.finditer(text):
+        if run.end() - run.start() < 12:
+            continue  # fewer than 12 characters hold fewer than 12 digits: most runs (amounts, years)
         groups = [g.span() for g in _DIGIT_GROUP.finditer(text, run.start(), run.end())]
+        short = [b - a < 4 for a, b in groups]
         i = 1 if run.start() > 0 and text[run.start() - 1] == "+" else 0
         while i < len(groups):
+            # Groups of 2 or 3 digits are not how cards are written, except the last: a candidate
+            # from group i may end at the first short group at the latest.
+            last = next((k for k in range(i, len(groups)) if short[k]), len(groups) - 1)
             found = None
-            for j in range(len(groups), i, -1):
-                if any(b - a < 4 for a, b in groups[i : j - 1]):
-                    continue  # groups of 2 or 3 before the last are not how cards are written
+            for j in range(last + 1, i, -1):
                 digits = "".join(text[a:b] for a, b in groups[i:j])
                 if (
                     12 <= len(digits) <= 19
