@@ -37,20 +37,16 @@ def redact_record(
     """The record with its text, label and detail redacted, its quarantine reason (if any), and how
     many values were replaced in it. Adds what it held (values and placeholders) to `held`."""
     here: Counter[str] = Counter()
+    done_text = redactor.redact(record.text) if record.text else None
+    done_label = redactor.redact_label(record.label) if record.label else None
+    text = done_text.text if done_text else record.text
+    label = done_label.text if done_label else record.label
     replaced = 0
-    text, label, detail = record.text, record.label, record.detail
-    if text:
-        done = redactor.redact(text)
-        text = done.text
-        if done.held:
+    for done in (done_text, done_label):
+        if done is not None and done.held:
             replaced += sum(done.found.values())
             here.update(done.held)
-    if label:
-        done = redactor.redact_label(label)
-        label = done.text
-        if done.held:
-            replaced += sum(done.found.values())
-            here.update(done.held)
+    detail = record.detail
     if detail:  # a reader's detail may quote the row (a bad JSON line)
         detail = redactor.redact(detail).text
     if not here and (text, label, detail) == (record.text, record.label, record.detail):
