@@ -17,6 +17,16 @@ from typing import Any
 FLAG_PREFIXES = ("avx", "vnni", "amx", "fma", "f16c", "sse4_2")
 
 
+def offline() -> None:
+    """Models from local paths and packages only, tokenizers single-threaded (benchmarks' defaults)."""
+    for key, value in (
+        ("HF_HUB_OFFLINE", "1"),
+        ("TRANSFORMERS_OFFLINE", "1"),
+        ("TOKENIZERS_PARALLELISM", "false"),
+    ):
+        os.environ.setdefault(key, value)
+
+
 def cpu_description() -> dict[str, Any]:
     """Model name, family/model numbers, the flags that decide INT8 speed, and usable cores."""
     info: dict[str, str] = {}

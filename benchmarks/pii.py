@@ -651,12 +651,9 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    for key, value in (
-        ("HF_HUB_OFFLINE", "1"),
-        ("TRANSFORMERS_OFFLINE", "1"),
-        ("TOKENIZERS_PARALLELISM", "false"),
-    ):
-        os.environ.setdefault(key, value)
+    from host import offline
+
+    offline()
     started, load_before = time.perf_counter(), os.getloadavg()
     from host import cpu_description
     from tuneloop.config import load_settings

@@ -77,20 +77,20 @@ class Redactor:
         self._recognizers = [(r, list(r.supported_entities)) for r in build_recognizers(rules)]
         self._before_phones = [(r, e) for r, e in self._recognizers if e != ["PHONE_NUMBER"]]
         self._placeholders = {entity: rules.placeholder(entity) for entity in rules.entities}
-        self._entities = list(rules.entities)
         self._shortcut = not rules.ner_recognizers
-        by_placeholder = {rules.placeholder(e): e for e in rules.entities}
-        self._by_placeholder = by_placeholder
+        self._by_placeholder = {p: entity for entity, p in self._placeholders.items()}
         # None without entities: an empty alternation would match "" everywhere.
         self._placeholder_re = (
-            re.compile("|".join(re.escape(p) for p in sorted(by_placeholder))) if by_placeholder else None
+            re.compile("|".join(re.escape(p) for p in sorted(self._by_placeholder)))
+            if self._by_placeholder
+            else None
         )
         self._lock = threading.Lock()  # recognizers keep no per-call state; the label cache does
         self._label_cache: dict[str, Redacted] = {}
 
     def may_hold(self, text: str) -> bool:
         """Whether `text` needs the recognizers at all (see the module docstring)."""
-        if not self._entities:
+        if not self._placeholders:
             return False
         return not self._shortcut or _MAY_HOLD.search(text) is not None
 
