@@ -161,7 +161,10 @@ class Server:
             "BENTOML_DO_NOT_TRACK": "True",
             **serve_env,
         }
-        env.pop("TUNELOOP_API_TOKEN", None)
+        from tuneloop.serve.middleware import TOKEN_SCOPES
+
+        for variable in TOKEN_SCOPES:  # any bearer token would turn auth on
+            env.pop(variable, None)
         self.log = (home / f"server-{backend}-{self.port}.log").open("w")
         cmd = [sys.executable, "-m", "bentoml", "serve", "tuneloop.service:TuneloopService"]
         self.proc = subprocess.Popen(

@@ -214,6 +214,19 @@ def test_drift_and_canary_figures_sum_every_replica_listed(replicas, tmp_path, m
     assert sorted(hits) == sorted([f"{url}/metrics" for url in urls] * 2)  # both, twice each
 
 
+def test_replicas_are_scraped_with_the_read_only_metrics_token_first(replicas, monkeypatch) -> None:
+    """TUNELOOP_METRICS_TOKEN wins over TUNELOOP_API_TOKEN: the flows scrape with the read-only one."""
+    from tuneloop.steps.metrics import metrics_source
+
+    urls, hits = replicas
+    monkeypatch.delenv("TUNELOOP_ROLLOUT_PROMETHEUS_URL", raising=False)
+    monkeypatch.delenv("TUNELOOP_ROLLOUT_REPLICAS_URL", raising=False)
+    monkeypatch.setenv("TUNELOOP_API_TOKEN", "all-scopes")  # the replicas accept only "t0k"
+    monkeypatch.setenv("TUNELOOP_METRICS_TOKEN", "t0k")
+    assert metrics_source(",".join(urls)).read()["3"].items == 400
+    assert sorted(hits) == sorted(f"{url}/metrics" for url in urls)
+
+
 def test_drift_reads_every_address_of_the_replicas_url_the_rollout_reads(
     replicas, tmp_path, monkeypatch
 ) -> None:

@@ -3,7 +3,8 @@
 The model world (a tiny model trained, registered and converted in a real MLflow store) is
 test_serve_server's `world` fixture. Every malformed request must get a 4xx with an error message,
 never a 5xx, and the service must still be ready afterwards; auth is tried on one server with
-TUNELOOP_API_TOKEN set and one without. The e2e marker comes from tests/conftest.py.
+every token variable set (the all-scopes TUNELOOP_API_TOKEN and the three scoped ones) and one
+without. The e2e marker comes from tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -26,8 +27,15 @@ from mlflow import MlflowClient
 
 from test_serve_server import _wait, world  # noqa: F401  (world is a fixture used below)
 from tuneloop.config import Settings
+from tuneloop.serve.middleware import TOKEN_SCOPES
 
 TOKEN = "hardening-test-token"
+# The scoped tokens the guarded server also takes: variable -> its token.
+SCOPED = {
+    "TUNELOOP_METRICS_TOKEN": "scrape-only-token",
+    "TUNELOOP_CLASSIFY_TOKEN": "classify-only-token",
+    "TUNELOOP_FEEDBACK_TOKEN": "feedback-only-token",
+}
 MB20 = 20 * 1024 * 1024
 
 
@@ -58,8 +66,9 @@ def running_server(settings: Settings, log_dir: Path, **env: str) -> Iterator[ht
         "BENTOML_DO_NOT_TRACK": "True",
         **env,
     }
-    if "TUNELOOP_API_TOKEN" not in env:  # auth off unless the test asks for it
-        full_env.pop("TUNELOOP_API_TOKEN", None)
+    for variable in TOKEN_SCOPES:  # auth off unless the test asks for it
+        if variable not in env:
+            full_env.pop(variable, None)
     log = (log_dir / f"server-{port}.log").open("w")
     cmd = [sys.executable, "-m", "bentoml", "serve", "tuneloop.service:TuneloopService"]
     proc = subprocess.Popen(
@@ -96,7 +105,8 @@ def server(champion: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 @pytest.fixture(scope="module")
 def guarded(champion: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    with running_server(champion, tmp_path_factory.mktemp("auth-log"), TUNELOOP_API_TOKEN=TOKEN) as client:
+    log_dir = tmp_path_factory.mktemp("auth-log")
+    with running_server(champion, log_dir, TUNELOOP_API_TOKEN=TOKEN, **SCOPED) as client:
         yield client
 
 
@@ -228,6 +238,47 @@ def test_with_a_token_everything_but_the_probes_needs_it(guarded: httpx.Client) 
         # refused on its headers: a 20 MB body without the token is never read
         r = anonymous.post("/classify", content=chunked(MB20), headers=JSON)
         assert r.status_code == 401
+
+
+def test_each_scoped_token_opens_only_its_own_paths(guarded: httpx.Client) -> None:
+    """Scrape, classify and feedback tokens each open their paths; elsewhere 403 naming the scope."""
+    answer = guarded.post("/classify", json={"texts": ["apple"]}).json()  # the all-scopes token
+    feedback = {"request_id": answer["request_id"], "index": 0, "label": "alpha"}
+    classify = {"texts": ["apple"]}
+    # variable -> [(method, path, body, expected status)]
+    expected: dict[str, list[tuple[str, str, Any, int]]] = {
+        "TUNELOOP_METRICS_TOKEN": [
+            ("GET", "/metrics", None, 200),
+            ("GET", "/status", None, 200),
+            ("POST", "/feedback", feedback, 403),
+            ("POST", "/classify", classify, 403),
+        ],
+        "TUNELOOP_CLASSIFY_TOKEN": [
+            ("POST", "/classify", classify, 200),
+            ("GET", "/docs.json", None, 200),
+            ("POST", "/feedback", feedback, 403),
+            ("GET", "/metrics", None, 403),
+        ],
+        "TUNELOOP_FEEDBACK_TOKEN": [
+            ("GET", "/metrics", None, 403),
+            ("POST", "/classify", classify, 403),
+            ("POST", "/feedback", feedback, 200),
+        ],
+    }
+    with httpx.Client(base_url=guarded.base_url, timeout=30) as bare:
+        for variable, calls in expected.items():
+            token = SCOPED[variable]
+            for method, path, body, status in calls:
+                r = bare.request(method, path, json=body, headers={"authorization": f"Bearer {token}"})
+                assert r.status_code == status, f"{variable} {method} {path}: {r.status_code} {r.text[:200]}"
+                if status == 403:
+                    assert "lacks scope" in r.json()["error"] and token not in r.text
+    auth = guarded.get("/status").json()["auth"]
+    assert (
+        auth.startswith("bearer: TUNELOOP_API_TOKEN (all scopes)")
+        and "TUNELOOP_METRICS_TOKEN (metrics)" in auth
+    )
+    assert not any(token in auth for token in (TOKEN, *SCOPED.values()))
 
 
 def test_sigterm_lets_a_request_in_flight_finish(champion: Settings, tmp_path: Path) -> None:

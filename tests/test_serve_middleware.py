@@ -1,7 +1,7 @@
 """The hardening middleware on a tiny echo app through httpx.ASGITransport (no server, no BentoML).
 
-Each test names one refusal: body size (declared and chunked), content type, method, bearer token,
-overload; and that what passes reaches the app whole.
+Each test names one refusal: body size (declared and chunked), content type, method, bearer token
+(and its scopes), overload; and that what passes reaches the app whole.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tuneloop.serve.middleware import Guard, HardeningMiddleware, load_guard
+from tuneloop.serve.middleware import TOKEN_SCOPES, Guard, HardeningMiddleware, TokenConflict, load_guard
 
 pytestmark = pytest.mark.anyio  # anyio's pytest plugin runs the async tests (on asyncio, below)
 
 LIMIT = 64 * 1024
 JSON = {"/classify": frozenset({"POST"})}
+ALL = TOKEN_SCOPES["TUNELOOP_API_TOKEN"]
 
 
 @pytest.fixture
@@ -123,7 +124,7 @@ async def test_json_endpoints_refuse_other_content_types_and_methods() -> None:
 
 
 async def test_bearer_token_guards_everything_but_the_probes() -> None:
-    guard = Guard(json_endpoints=JSON, token="s3cret")
+    guard = Guard(json_endpoints=JSON, tokens={"s3cret": ALL})
     async with client(guard) as c:
         missing = await c.post("/classify", json={})
         wrong = await c.post("/classify", json={}, headers={"authorization": "Bearer nope"})
@@ -134,13 +135,58 @@ async def test_bearer_token_guards_everything_but_the_probes() -> None:
     for r in (missing, wrong, basic, metrics):
         assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
         assert "Authorization: Bearer" in error(r)
-    assert "missing" in error(missing) and "not the configured token" in error(wrong)
+    assert "missing" in error(missing) and "not one of the configured tokens" in error(wrong)
     assert right.status_code == 200 and all(p.status_code == 200 for p in probes)
+
+
+SCOPED = {  # one token per variable, as load_guard would build them
+    "api": TOKEN_SCOPES["TUNELOOP_API_TOKEN"],
+    "scrape": TOKEN_SCOPES["TUNELOOP_METRICS_TOKEN"],
+    "caller": TOKEN_SCOPES["TUNELOOP_CLASSIFY_TOKEN"],
+    "reviewer": TOKEN_SCOPES["TUNELOOP_FEEDBACK_TOKEN"],
+}
+# (method, path) -> the tokens that open it; every other configured token gets 403.
+OPENED_BY = {
+    ("GET", "/metrics"): {"api", "scrape"},
+    ("GET", "/status"): {"api", "scrape"},
+    ("POST", "/classify"): {"api", "caller"},
+    ("GET", "/docs.json"): {"api", "caller"},
+    ("POST", "/feedback"): {"api", "reviewer"},
+    ("GET", "/"): {"api"},  # a path without a scope (the Swagger page, a route added later): all only
+}
+
+
+async def test_each_scoped_token_opens_its_own_paths_and_gets_403_elsewhere() -> None:
+    guard = Guard(json_endpoints={**JSON, "/feedback": frozenset({"POST"})}, tokens=SCOPED)
+    refused: dict[tuple[str, str], str] = {}
+    async with client(guard) as c:
+        for (method, path), opening in OPENED_BY.items():
+            needed = guard.path_scopes.get(path, "all")
+            holders = [variable for variable, scopes in TOKEN_SCOPES.items() if needed in scopes]
+            for token in SCOPED:
+                bearer = {"authorization": f"Bearer {token}"}
+                r = await c.request(method, path, json={"texts": ["a"]}, headers=bearer)
+                if token in opening:
+                    assert r.status_code == 200, f"{token} {method} {path}: {r.status_code} {r.text}"
+                    continue
+                assert r.status_code == 403, f"{token} {method} {path}: {r.status_code}"
+                assert "www-authenticate" not in r.headers and token not in r.text
+                assert f"scope '{needed}'" in error(r) and all(v in error(r) for v in holders)
+                refused[token, path] = error(r)
+            guess = {"authorization": "Bearer api2"}  # a prefix of a real token is no token
+            wrong = await c.request(method, path, json={"texts": ["a"]}, headers=guess)
+            assert wrong.status_code == 401 and wrong.headers["www-authenticate"].startswith("Bearer")
+        probes = [await c.get(p) for p in ("/livez", "/readyz", "/healthz")]
+    assert all(p.status_code == 200 for p in probes)
+    assert refused["scrape", "/feedback"] == (
+        "this token lacks scope 'feedback', which /feedback needs: "
+        "use the token of TUNELOOP_API_TOKEN or TUNELOOP_FEEDBACK_TOKEN"
+    )
 
 
 async def test_auth_comes_before_anything_that_reads_the_body() -> None:
     app = Echo()
-    async with client(Guard(max_body_bytes=LIMIT, json_endpoints=JSON, token="t"), app) as c:
+    async with client(Guard(max_body_bytes=LIMIT, json_endpoints=JSON, tokens={"t": ALL}), app) as c:
         r = await c.post(
             "/classify", content=chunks(20 * 1024 * 1024), headers={"content-type": "application/json"}
         )
@@ -177,16 +223,33 @@ async def test_in_flight_count_is_released_when_the_app_raises() -> None:
     assert middleware.in_flight == 0
 
 
-def test_load_guard_reads_the_token_and_limits_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_guard_reads_the_tokens_and_limits_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TUNELOOP_API_TOKEN", "tok")
+    for variable in ("TUNELOOP_METRICS_TOKEN", "TUNELOOP_CLASSIFY_TOKEN", "TUNELOOP_FEEDBACK_TOKEN"):
+        monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("TUNELOOP_SERVE_MAX_BODY_BYTES", "4096")
     monkeypatch.setenv("TUNELOOP_SERVE_MAX_IN_FLIGHT", "3")
     guard = load_guard({"/classify": ["post"]})
-    assert guard.token == "tok" and guard.max_body_bytes == 4096 and guard.max_in_flight == 3
+    assert guard.tokens == {"tok": ALL} and guard.max_body_bytes == 4096 and guard.max_in_flight == 3
     assert guard.json_endpoints == {"/classify": frozenset({"POST"})}
     assert guard.limited_paths == frozenset({"/classify"})
     monkeypatch.setenv("TUNELOOP_API_TOKEN", "")
-    assert load_guard({}).token is None
+    assert load_guard({}).tokens == {}
+    monkeypatch.setenv("TUNELOOP_METRICS_TOKEN", "m")
+    monkeypatch.setenv("TUNELOOP_FEEDBACK_TOKEN", "f")
+    assert load_guard({}).tokens == {"m": frozenset({"metrics"}), "f": frozenset({"feedback"})}
+
+
+def test_two_variables_with_one_token_are_refused_without_echoing_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TUNELOOP_API_TOKEN", "shared-secret")
+    monkeypatch.setenv("TUNELOOP_METRICS_TOKEN", "shared-secret")
+    monkeypatch.delenv("TUNELOOP_CLASSIFY_TOKEN", raising=False)
+    monkeypatch.delenv("TUNELOOP_FEEDBACK_TOKEN", raising=False)
+    with pytest.raises(TokenConflict) as refused:
+        load_guard({"/classify": ["post"]})
+    message = str(refused.value)
+    assert "TUNELOOP_API_TOKEN and TUNELOOP_METRICS_TOKEN hold the same token" in message
+    assert "shared-secret" not in message
 
 
 async def test_a_json_endpoint_without_a_body_is_told_to_send_one() -> None:

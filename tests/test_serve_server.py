@@ -27,6 +27,7 @@ import yaml
 from mlflow import MlflowClient
 
 from tuneloop.config import PROJECT_ROOT, Settings, load_settings
+from tuneloop.serve.middleware import TOKEN_SCOPES
 from tuneloop.testing import TINY_TRAIN_SETTINGS, keyword_sentences, make_tiny_bert
 
 pytestmark = pytest.mark.e2e
@@ -107,12 +108,13 @@ def server(
         "TOKENIZERS_PARALLELISM": "false",
         "BENTOML_DO_NOT_TRACK": "True",
     }
+    for variable in TOKEN_SCOPES:  # any bearer token would turn auth on
+        env.pop(variable, None)
     log = (tmp_path_factory.mktemp("serve-log") / "server.log").open("w")
     cmd = [sys.executable, "-m", "bentoml", "serve", "tuneloop.service:TuneloopService"]
     proc = subprocess.Popen(
         [*cmd, "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=log
     )
-    env.pop("TUNELOOP_API_TOKEN", None)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     try:
         _wait(lambda: _get(client, "/livez") == 200, 90, "the server to answer /livez")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from typing import Annotated
 
 import typer
@@ -23,14 +24,21 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def exposure_problem(host: str, token: str | None, insecure: bool) -> str | None:
-    """Why the service must not start on `host` as configured, or None when it may."""
-    if token or insecure or is_loopback(host):
+def exposure_problem(
+    host: str, tokens: Mapping[str, str], insecure: bool, variables: Sequence[str]
+) -> str | None:
+    """Why the service must not start on `host` as configured, or None when it may.
+
+    `tokens`: the token variables set (variable -> token); `variables`: every token variable, for
+    the message.
+    """
+    if any(tokens.values()) or insecure or is_loopback(host):
         return None
     return (
-        f"refusing to serve on {host} without TUNELOOP_API_TOKEN: anyone who reaches that address could "
-        "classify, post feedback that lands in training data, and read /status and /metrics. Set "
-        "TUNELOOP_API_TOKEN (clients send 'Authorization: Bearer <token>'), listen on 127.0.0.1, or pass "
+        f"refusing to serve on {host} without a bearer token: anyone who reaches that address could "
+        "classify, post feedback that lands in training data, and read /status and /metrics. Set at "
+        f"least one of {', '.join(variables)} (the first opens every path, each other one only its "
+        "own; clients send 'Authorization: Bearer <token>'), listen on 127.0.0.1, or pass "
         "--insecure if something in front of the service authenticates"
     )
 
@@ -45,7 +53,7 @@ def serve(
         bool,
         typer.Option(
             "--insecure",
-            help="Serve on a non-loopback address without TUNELOOP_API_TOKEN (auth done in front).",
+            help="Serve on a non-loopback address without a bearer token (auth done in front).",
         ),
     ] = False,
 ) -> None:
@@ -53,9 +61,18 @@ def serve(
 
     Each worker follows the registry on its own (TUNELOOP_SERVE_POLL_S); same as
     `bentoml serve tuneloop.service:TuneloopService`. Stops on Ctrl-C after in-flight requests.
-    Without TUNELOOP_API_TOKEN it listens only on a loopback address, unless told --insecure.
+    Without a bearer token (TUNELOOP_API_TOKEN for every path, or TUNELOOP_METRICS_TOKEN,
+    _CLASSIFY_TOKEN, _FEEDBACK_TOKEN for one scope each) it listens only on a loopback address,
+    unless told --insecure.
     """
-    problem = exposure_problem(host, os.environ.get("TUNELOOP_API_TOKEN"), insecure)
+    from tuneloop.steps.serve import TOKEN_VARIABLES, service_tokens
+
+    try:
+        tokens = service_tokens()
+    except ValueError as exc:  # two variables share a token: the service would refuse it too
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    problem = exposure_problem(host, tokens, insecure, TOKEN_VARIABLES)
     if problem:
         typer.echo(f"error: {problem}", err=True)
         raise typer.Exit(2)

@@ -53,7 +53,9 @@ def service_env(
     settings: Settings, bentoml_home: Path, fault: dict[str, str] | None = None
 ) -> dict[str, str]:
     """This environment plus where the demo's state is, one worker, a fast registry poll, no auth."""
-    env = {k: v for k, v in os.environ.items() if k != "TUNELOOP_API_TOKEN"}
+    from tuneloop.steps.serve import TOKEN_VARIABLES
+
+    env = {k: v for k, v in os.environ.items() if k not in TOKEN_VARIABLES}  # any one turns auth on
     env.update(
         TUNELOOP_HOME=str(settings.home_dir),
         TUNELOOP_TRACKING_URI=settings.resolved_tracking_uri,

@@ -12,9 +12,11 @@ mechanism of the serve stage.
     GET  /status    versions per alias, backends, canary weight, last sync, its age and its error
     /livez /readyz (503 until a champion is loaded and warmed) /metrics, OpenAPI at /docs
 
-Without TUNELOOP_API_TOKEN every endpoint answers anyone who reaches the port: the service logs a
-warning and /status says `"auth": "off"`; `tuneloop serve` refuses a non-loopback address then,
-unless told `--insecure`.
+Bearer tokens (serve/middleware.py): TUNELOOP_API_TOKEN opens every path; TUNELOOP_METRICS_TOKEN
+only /metrics and /status, TUNELOOP_CLASSIFY_TOKEN /classify and /docs.json, TUNELOOP_FEEDBACK_TOKEN
+/feedback. /status's "auth" names the variables set and their scopes. With none set every endpoint
+answers anyone who reaches the port: the service logs a warning and /status says `"auth": "off"`;
+`tuneloop serve` refuses a non-loopback address then, unless told `--insecure`.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from tuneloop.serve.follower import Follower
 from tuneloop.serve.freshness import canary_hold
 from tuneloop.serve.limits import Limits, classify_problem
 from tuneloop.serve.metrics import PrometheusObserver
-from tuneloop.serve.middleware import configured_token
+from tuneloop.serve.middleware import configured_tokens, describe_auth, unopened_paths
 from tuneloop.serve.routing import item_key
 from tuneloop.serve.scoring import Fault, Item, NotReady, score_items
 from tuneloop.serve.settings import load_serve_settings
@@ -94,12 +96,19 @@ class TuneloopService:
     def __init__(self) -> None:
         self.settings = load_settings()
         self.serve = load_serve_settings()
-        self.auth = "bearer" if configured_token() else "off"
-        if self.auth == "off":
+        tokens = configured_tokens()
+        self.auth = describe_auth(tokens)
+        if not tokens:
             log.warning(
-                "tuneloop serve: TUNELOOP_API_TOKEN is not set: /classify, /feedback, /status and "
-                "/metrics answer anyone who can reach this port"
+                "tuneloop serve: no bearer token is set (TUNELOOP_API_TOKEN, TUNELOOP_METRICS_TOKEN, "
+                "TUNELOOP_CLASSIFY_TOKEN, TUNELOOP_FEEDBACK_TOKEN): /classify, /feedback, /status "
+                "and /metrics answer anyone who can reach this port"
             )
+        else:
+            log.info("tuneloop serve: auth %s", self.auth)
+            closed = unopened_paths(tokens)
+            if closed:
+                log.warning("tuneloop serve: no configured token opens %s", ", ".join(closed))
         # Personal data is replaced before a text reaches the model, a digest, a log or the landing
         # folder: the same redactor as ingest, so the model sees the placeholders it learnt on.
         self.redactor = redactor_for(self.settings)

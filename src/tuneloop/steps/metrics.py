@@ -23,13 +23,15 @@ def build_source(
 
     `selector` (e.g. '{job="tuneloop"}') narrows every PromQL series; `resolve` reads every address
     each URL's host resolves to (a headless Service: one per replica). Scraping the service needs
-    its bearer token when it has one (TUNELOOP_API_TOKEN).
+    a bearer token when it has auth on: the read-only TUNELOOP_METRICS_TOKEN when set, else the
+    all-scopes TUNELOOP_API_TOKEN.
     """
     from tuneloop.rollout.sources import EndpointSource, PrometheusSource
 
     if prometheus:
         return PrometheusSource(prometheus, selector=selector)
-    token = os.environ.get("TUNELOOP_API_TOKEN")
+    # The read-only token first: a leaked scrape credential must not be able to post /feedback.
+    token = os.environ.get("TUNELOOP_METRICS_TOKEN") or os.environ.get("TUNELOOP_API_TOKEN")
     return EndpointSource(
         list(metrics_urls) or [DEFAULT_SERVICE_URL + "/metrics"],
         headers={"authorization": f"Bearer {token}"} if token else {},

@@ -46,9 +46,12 @@ from tuneloop.serve.backends import (
 )
 from tuneloop.serve.bundle import LoadedModel, softmax
 from tuneloop.serve.follower import RegistryState
+from tuneloop.serve.middleware import TOKEN_SCOPES, configured_tokens, token_scopes
 from tuneloop.serve.settings import ServeSettings
 
 CANARY_WEIGHT_TAG = "canary_weight"
+# The service's bearer-token variables, all-scopes first (serve/middleware.py says what each opens).
+TOKEN_VARIABLES = tuple(TOKEN_SCOPES)
 # Small files the ONNX backends need beside the graph; checked one by one against checksums.json.
 SUPPORT_FILES = (
     "config.json",
@@ -57,6 +60,17 @@ SUPPORT_FILES = (
     "special_tokens_map.json",
     "vocab.txt",
 )
+
+
+def service_tokens() -> dict[str, str]:
+    """The service's bearer tokens set in the environment, by variable (empty: auth off).
+
+    Raises TokenConflict (a ValueError) when two variables hold the same token, as the service
+    itself would at start.
+    """
+    tokens = configured_tokens()
+    token_scopes(tokens)
+    return tokens
 
 
 def parse_weight(raw: str | None) -> tuple[float, str | None]:
