@@ -34,6 +34,10 @@ SETUP_HINT = "run infra/check-tools.sh (it creates .venv-infra and checks for pr
 WORKLOADS = ("Deployment", "StatefulSet", "Job")
 # Hosts clients use for MLflow inside the cluster; MLflow 3.17 refuses other Host headers.
 MLFLOW_CLIENT_HOSTS = ("mlflow:5000", "mlflow.tuneloop.svc.cluster.local:5000", "localhost:5000")
+STORAGE_CLASS = "efs-rwx"
+SCOPED_TOKENS = ("TUNELOOP_METRICS_TOKEN", "TUNELOOP_CLASSIFY_TOKEN", "TUNELOOP_FEEDBACK_TOKEN")
+# Secrets Jobs and the ServiceMonitor name (no hash suffix); every other one restarts its pods.
+FIXED_SECRETS = ("mlflow-trainer", "prefect-client", "metrics-reader")
 
 
 def tool(name: str) -> str:
@@ -59,8 +63,11 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 def infra_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     copy = tmp_path_factory.mktemp("infra") / "infra"
     shutil.copytree(INFRA, copy, ignore=shutil.ignore_patterns("*.env", "auth_config.ini"))
+    assert not (copy / "k8s" / "overlays" / "production" / "storage.env").exists()
     proc = run("bash", str(copy / "gen-secrets.sh"))
     assert proc.returncode == 0, proc.stderr
+    # The production overlay's required setting (storage.env.example says what to put there).
+    (copy / "k8s" / "overlays" / "production" / "storage.env").write_text(f"STORAGE_CLASS={STORAGE_CLASS}\n")
     return copy
 
 
@@ -317,7 +324,8 @@ def test_gen_secrets_is_random_and_keeps_existing_files(infra_copy: Path) -> Non
     assert len({v for v in values if re.fullmatch(r"[0-9a-f]{64}", v)}) >= 8
     assert run("bash", str(infra_copy / "gen-secrets.sh"), "--force").returncode == 0
     after = {p.name: p.read_text() for p in secrets.glob("*.env")}
-    assert all(after[name] != before[name] for name in before)
+    assert all(after[name] != before[name] for name in before if name != "postgres.env")
+    assert after["postgres.env"] == before["postgres.env"]  # database passwords: never rotated by --force
     ini = (secrets / "auth_config.ini").read_text()
     assert "default_permission = READ" in ini and "admin_username = admin" in ini
 
@@ -349,9 +357,12 @@ def test_generated_secrets_are_what_the_pods_read(docs: dict[str, list[dict[str,
             }
         )
         # `tuneloop serve --host 0.0.0.0` refuses to start without a token: the service Secret has it.
-        assert {"TUNELOOP_API_TOKEN", "TUNELOOP_SERVE_SECRET"} <= keys("service")
-        # Names the work-pool templates use cannot carry kustomize's hash suffix.
-        for name in ("mlflow-trainer", "prefect-client", "service"):
+        # One token per use (metrics read-only, classify, feedback): no all-scopes token in the cluster.
+        service = keys("service")
+        assert {"TUNELOOP_SERVE_SECRET", *SCOPED_TOKENS} <= service and "TUNELOOP_API_TOKEN" not in service
+        assert keys("metrics-reader") == {"TUNELOOP_METRICS_TOKEN"}
+        # Names the work-pool templates and the ServiceMonitor use cannot carry kustomize's hash suffix.
+        for name in FIXED_SECRETS:
             assert name in secrets, f"Secret {name} must keep its plain name"
 
 
@@ -424,14 +435,14 @@ def test_job_templates_run_prefects_command_with_credentials_by_reference() -> N
         assert used <= set(template["variables"]["properties"]), used - set(
             template["variables"]["properties"]
         )
-        assert template["variables"]["properties"]["image"]["default"].startswith("tuneloop/worker")
+        assert container["image"].startswith("tuneloop/worker")
         gpu = "nvidia.com/gpu" in container["resources"]["limits"]
         assert gpu == ("gpu" in name)
         assert (pod.get("nodeSelector") == {"nvidia.com/gpu.present": "true"}) == gpu
 
 
 def test_service_probes_metrics_and_scaling(docs: dict[str, list[dict[str, Any]]]) -> None:
-    replicas = {"local": 1, "production": 3}
+    replicas = {"local": 1, "production": None}  # production: the HPA's
     for overlay, items in docs.items():
         deployment = find(items, "Deployment", "tuneloop-service")
         template = deployment["spec"]["template"]
@@ -439,15 +450,13 @@ def test_service_probes_metrics_and_scaling(docs: dict[str, list[dict[str, Any]]
         assert container["command"] == ["tuneloop", "serve", "--host", "0.0.0.0", "--port", "3000"]
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
         assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
-        annotations = template["metadata"]["annotations"]
-        assert (
-            annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/path"] == "/metrics"
-        )
-        assert deployment["spec"]["replicas"] == replicas[overlay]
+        # kube-prometheus-stack ignores prometheus.io/* annotations: the ServiceMonitor scrapes.
+        assert not [k for k in template["metadata"].get("annotations", {}) if k.startswith("prometheus.io/")]
+        assert deployment["spec"].get("replicas") == replicas[overlay]
         # The service only reads the registry: it logs in as the READ-only user.
         refs = [s["secretRef"]["name"] for s in container["envFrom"] if "secretRef" in s]
         assert any(r.startswith("mlflow-reader") for r in refs) and not any("trainer" in r for r in refs)
-        assert "service" in refs  # TUNELOOP_API_TOKEN: without it the command above refuses to start
+        assert any(r.startswith("service-") for r in refs)  # its tokens: without one it refuses to start
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
         assert {"/var/lib/tuneloop", "/var/lib/bentoml", "/tmp"} <= mounts
         find(items, "PodDisruptionBudget", "tuneloop-service")

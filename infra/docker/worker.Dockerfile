@@ -34,5 +34,7 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY flows ./flows
 COPY registry ./registry
+# The work-pool templates: the worker's init container creates the pool from them (prefect-worker.yaml).
+COPY infra/prefect/*.json ./infra/prefect/
 USER 10001:10001
 CMD ["prefect", "worker", "start", "--pool", "tuneloop-k8s", "--type", "kubernetes"]

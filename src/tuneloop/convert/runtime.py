@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from tuneloop.convert.files import sha256_bytes
+from tuneloop.host import usable_cores
 
 DEFAULT_MAX_LENGTH = 128
 
@@ -83,10 +84,10 @@ class OnnxClassifier:
                 f"refusing to load {self.path}: sha256 is {self.sha256}, expected {expected_sha256}"
             )
         options = ort.SessionOptions()
-        if threads:
-            # Pinned intra-op threads; one inter-op thread since the graph is a single chain.
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
+        # Pinned intra-op threads (default: the cores this container may use; ONNX Runtime's own
+        # default counts every core of the node); one inter-op thread: the graph is a single chain.
+        options.intra_op_num_threads = threads or usable_cores()
+        options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(model_bytes, options, providers=list(providers))
         self.input_names = {item.name for item in self.session.get_inputs()}
         folder = Path(tokenizer_dir) if tokenizer_dir else self.path.parent

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tuneloop.host import usable_cores
 from tuneloop.serve.bundle import softmax
 
 ONNX_FILES = {
@@ -34,8 +34,10 @@ def threads_per_session(workers: int, cores: int | None = None) -> int:
     """Intra-op threads per model so `workers` processes share the cores: max(1, cores // workers).
 
     2 cores and 1 worker: 2 threads; 2 workers: 1 each; 4 workers: still 1 (oversubscribed, by choice).
+    Cores default to what this process may use: the affinity capped by the container's CPU quota
+    (tuneloop.host), not every core of the node.
     """
-    available = cores if cores is not None else len(os.sched_getaffinity(0))
+    available = cores if cores is not None else usable_cores()
     return max(1, available // max(1, workers))
 
 
