@@ -31,7 +31,7 @@ E2E_MODULES = {
     "test_registry_postgres_concurrency.py": "8 concurrent writers through `mlflow server` on PostgreSQL",
     "test_s3_artifacts.py": "a round's artifacts through `mlflow server --serve-artifacts` into S3 (moto)",
 }
-E2E_FIXTURES = {"prefect_harness"}
+E2E_FIXTURES = {"prefect_harness", "prefect_server"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before the mark plugin deselects by -m

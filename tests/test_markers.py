@@ -51,3 +51,20 @@ def test_e2e_selects_every_known_e2e_module_and_nothing_else() -> None:
     assert modules == set(conftest.E2E_MODULES), f"e2e selected {sorted(modules)}"
     unmarked = [node for node in collect("not e2e") if not node.startswith(f"tests/{FAST_MODULE}")]
     assert not unmarked, f"tests in e2e modules without the e2e marker: {unmarked}"
+
+
+def test_a_server_fixture_marks_only_the_tests_that_use_it() -> None:
+    # test_deploy_pool.py is mostly pure functions; its one real-server test is e2e by its fixture.
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-m", "e2e"]
+        + [str(TESTS / "test_deploy_pool.py")],
+        capture_output=True,
+        text=True,
+        cwd=TESTS.parent,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    selected = [line.split("::")[1] for line in done.stdout.splitlines() if "::" in line]
+    assert selected == [
+        "test_pool_repairs_a_worker_created_pool_and_serve_refuses_then_replaces_its_deployment"
+    ]

@@ -81,18 +81,32 @@ def _render_retrain(r: dict[str, Any]) -> None:
     out.print(f"{version}{r['outcome']}" + (f" ({detail})" if detail else ""))
 
 
-def worker() -> None:
+def worker(
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="Take over deployments of the same names that the server has on a work pool (a "
+            "cluster's): they are deleted, then served from here. Without it, serving is refused.",
+        ),
+    ] = False,
+) -> None:
     """Serve the loop's Prefect deployments (schedules, triggers, manual runs) until Ctrl-C.
 
     Needs a Prefect server (PREFECT_API_URL; `prefect server start`): Prefect's ephemeral mode runs
-    no scheduler. Same as `python -m flows.deploy serve` in the checkout.
+    no scheduler. Same as `python -m flows.deploy serve` in the checkout. Refused when that server
+    already has deployments of these names on a work pool (say, the cluster's, from a laptop whose
+    PREFECT_API_URL points there): point PREFECT_API_URL at another server, or pass --replace.
     """
     if not (REPO / "flows" / "deploy.py").is_file():
         err.print(f"flows/deploy.py is not in {REPO}: run `tuneloop worker` from a source checkout")
         raise typer.Exit(2)
     os.chdir(REPO)
     # exec: the worker is this process, so Ctrl-C and a supervisor's SIGTERM reach Prefect directly.
-    os.execv(sys.executable, [sys.executable, "-m", "flows.deploy", "serve"])
+    os.execv(
+        sys.executable,
+        [sys.executable, "-m", "flows.deploy", "serve", *(["--replace"] if replace else [])],
+    )
 
 
 COMMANDS = [retrain, worker]
