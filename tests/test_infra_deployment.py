@@ -15,24 +15,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
-
-from tests.test_infra_manifests import (  # noqa: F401 (fixtures)
+from tests import test_infra_manifests as manifests
+from tests.test_infra_manifests import (
     FIXED_SECRETS,
     INFRA,
     REPO,
     SCOPED_TOKENS,
     STORAGE_CLASS,
-    docs,
     find,
-    infra_copy,
     job_templates,
     pod_specs,
-    rendered,
     run,
     tool,
 )
+
+# The rendered overlays of tests/test_infra_manifests.py, rendered once per module here too.
+infra_copy = manifests.infra_copy
+rendered = manifests.rendered
+docs = manifests.docs
 
 Docs = dict[str, list[dict[str, Any]]]
 PINNED_VARIABLES = ("image", "namespace", "service_account_name", "home_claim")
@@ -131,7 +132,9 @@ def test_a_service_monitor_scrapes_each_replica_once_with_the_metrics_token(docs
     # One Service: the headless one (both select the same pods; two would scrape each pod twice).
     assert [d["metadata"]["name"] for d in chosen] == ["tuneloop-service-pods"]
     (endpoint,) = monitor["spec"]["endpoints"]
-    assert endpoint["port"] in [p["name"] for p in chosen[0]["spec"]["ports"]] and endpoint["path"] == "/metrics"
+    assert (
+        endpoint["port"] in [p["name"] for p in chosen[0]["spec"]["ports"]] and endpoint["path"] == "/metrics"
+    )
     credentials = endpoint["authorization"]["credentials"]
     secret = find(items, "Secret", credentials["name"])
     assert secret["metadata"]["name"] == "metrics-reader" and list(secret["data"]) == [credentials["key"]]
@@ -165,7 +168,10 @@ def test_threads_follow_the_container_cpu_limit(docs: Docs) -> None:
         c = container(find(items, "Deployment", "tuneloop-service")["spec"]["template"]["spec"])
         for var in ("TUNELOOP_SERVE_THREADS", "OMP_NUM_THREADS"):
             ref = env_of(c)[var]["valueFrom"]["resourceFieldRef"]
-            assert ref == {"containerName": c["name"], "resource": "limits.cpu", "divisor": "1"}, (overlay, var)
+            assert ref == {"containerName": c["name"], "resource": "limits.cpu", "divisor": "1"}, (
+                overlay,
+                var,
+            )
     for name, template in job_templates().items():
         c = container(template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"])
         ref = env_of(c)["OMP_NUM_THREADS"]["valueFrom"]["resourceFieldRef"]
@@ -199,7 +205,9 @@ def test_production_canary_reads_prometheus(docs: Docs, tmp_path: Path) -> None:
     url = config["TUNELOOP_ROLLOUT_PROMETHEUS_URL"]
     assert url.startswith("http://prometheus-operated.")
     assert 'job="tuneloop-service-pods"' in config["TUNELOOP_ROLLOUT_PROMETHEUS_SELECTOR"]
-    assert "TUNELOOP_ROLLOUT_PROMETHEUS_URL" not in find(docs["local"], "ConfigMap", "tuneloop-config")["data"]
+    assert (
+        "TUNELOOP_ROLLOUT_PROMETHEUS_URL" not in find(docs["local"], "ConfigMap", "tuneloop-config")["data"]
+    )
     # Both job templates pass the two (optional: the local overlay's ConfigMap has neither).
     for name, template in job_templates().items():
         env = env_of(container(template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]))
@@ -230,7 +238,10 @@ def test_the_prefect_ui_gets_an_api_url_a_browser_reaches(docs: Docs, tmp_path: 
     """Prefect's own settings, with the server container's environment, give the UI a URL that is
     not the in-cluster service name."""
     code = "import prefect.settings as s; print(s.get_current_settings().server.ui.api_url)"
-    expected = {"local": "http://localhost:4200/api", "production": "https://prefect.tuneloop.example.com/api"}
+    expected = {
+        "local": "http://localhost:4200/api",
+        "production": "https://prefect.tuneloop.example.com/api",
+    }
     for overlay, items in docs.items():
         server = container(find(items, "Deployment", "prefect-server")["spec"]["template"]["spec"])
         config = find(items, "ConfigMap", "tuneloop-config")["data"]
@@ -238,7 +249,11 @@ def test_the_prefect_ui_gets_an_api_url_a_browser_reaches(docs: Docs, tmp_path: 
         env.update({e["name"]: e["value"] for e in server["env"] if "value" in e})
         env["PREFECT_HOME"] = str(tmp_path / "prefect")
         proc = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env={**subprocess_env(tmp_path), **env}
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**subprocess_env(tmp_path), **env},
         )
         assert proc.stdout.strip() == expected[overlay], (overlay, proc.stdout, proc.stderr[-2000:])
 
@@ -261,42 +276,28 @@ def test_mlflow_takes_its_arguments_and_the_ui_origins(docs: Docs) -> None:
 
 
 def test_each_deployment_requests_what_it_needs_and_the_laptop_fits(docs: Docs) -> None:
-    from flows.resources import job_variables
-
     from flows.deploy import DEPLOYMENTS
+    from flows.resources import cpu_cores, job_variables, memory_gib
 
     standard = {name: job_variables(ep, name, "standard") for ep, name, _ in DEPLOYMENTS}
-    small = {name: job_variables(ep, name, "small") for ep, name, _ in DEPLOYMENTS}
     cpu = {name: cpu_cores(v["cpu_request"]) for name, v in standard.items()}
     # The 10-minute watch and 15-minute poll ask far less than a training round.
     assert cpu["service"] <= 0.25 and cpu["landing-poll"] <= 0.5 < cpu["loop"]
-    # The local overlay's comment: a 4-core, 8 GiB laptop. Everything it runs, plus the biggest
-    # flow Job and the small `watch`, with 1 core and 1.5 GiB left to kind's node and kube-system.
+    # The local overlay's comment: a 4-core, 8 GiB laptop. What the rendered overlay requests (the
+    # two one-off setup Jobs aside: done before any flow runs), plus every scheduled deployment at
+    # once with `--resources small`, with 1 core and 1 GiB left to kind's node and kube-system.
     requests = [
         c["resources"]["requests"]
         for _, spec in pod_specs(docs["local"])
         for c in spec["containers"]
-        if not _is_setup_job(spec)
+        if spec.get("restartPolicy") != "OnFailure"
     ]
-    biggest = max(small.values(), key=lambda v: cpu_cores(v["cpu_request"]))
-    total_cpu = sum(cpu_cores(r["cpu"]) for r in requests) + cpu_cores(biggest["cpu_request"])
-    total_cpu += cpu_cores(small["service"]["cpu_request"])
-    total_mem = sum(gib(r["memory"]) for r in requests) + gib(biggest["memory_request"])
-    total_mem += gib(small["service"]["memory_request"])
-    assert total_cpu + 1.0 <= 4.0 and total_mem + 1.5 <= 8.0, (total_cpu, total_mem)
-
-
-def _is_setup_job(spec: dict[str, Any]) -> bool:
-    return spec.get("restartPolicy") == "OnFailure"  # the two one-off setup Jobs, done before any flow
-
-
-def cpu_cores(value: str) -> float:
-    return float(value[:-1]) / 1000 if value.endswith("m") else float(value)
-
-
-def gib(value: str) -> float:
-    units = {"Mi": 1 / 1024, "Gi": 1.0}
-    return float(value[:-2]) * units[value[-2:]]
+    scheduled = [job_variables(ep, name, "small") for ep, name, options in DEPLOYMENTS if options]
+    total_cpu = sum(cpu_cores(r["cpu"]) for r in requests)
+    total_cpu += sum(cpu_cores(v["cpu_request"]) for v in scheduled)
+    total_mem = sum(memory_gib(r["memory"]) for r in requests)
+    total_mem += sum(memory_gib(v["memory_request"]) for v in scheduled)
+    assert total_cpu + 1.0 <= 4.0 and total_mem + 1.0 <= 8.0, (total_cpu, total_mem)
 
 
 def test_the_hpa_owns_the_replica_count_and_drains_never_wait_on_unready_pods(docs: Docs) -> None:
@@ -343,7 +344,9 @@ def test_flow_jobs_pin_image_namespace_account_and_claim(tmp_path: Path) -> None
         c = container(pod)
         assert job["metadata"]["namespace"] == "tuneloop" and pod["serviceAccountName"] == "tuneloop-flow"
         assert c["image"].startswith("tuneloop/worker") and "evil" not in json.dumps(job)
-        claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+        claims = [
+            v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+        ]
         assert claims == ["tuneloop-home"]
         assert c["resources"]["requests"]["cpu"] == "250m"  # a free variable still applies
 
@@ -364,12 +367,17 @@ def test_scraping_classifying_and_feedback_use_separate_tokens(docs: Docs) -> No
                 refs = [s["secretRef"]["name"] for s in c.get("envFrom", []) if "secretRef" in s]
                 assert not [r for r in refs if r.startswith("service")], (overlay, where)
         tokens = {
-            d["metadata"]["name"]: d["data"] for d in items if d["kind"] == "Secret" and d["metadata"]["name"].startswith("service-")
+            d["metadata"]["name"]: d["data"]
+            for d in items
+            if d["kind"] == "Secret" and d["metadata"]["name"].startswith("service-")
         }
         (service,) = tokens.values()
         values = [service[k] for k in SCOPED_TOKENS]
         assert len(set(values)) == 3, "the three tokens must differ"
-        assert find(items, "Secret", "metrics-reader")["data"]["TUNELOOP_METRICS_TOKEN"] == service["TUNELOOP_METRICS_TOKEN"]
+        assert (
+            find(items, "Secret", "metrics-reader")["data"]["TUNELOOP_METRICS_TOKEN"]
+            == service["TUNELOOP_METRICS_TOKEN"]
+        )
 
 
 def test_rotated_secrets_restart_the_pods_that_read_them(docs: Docs) -> None:
@@ -396,7 +404,9 @@ def test_rotated_secrets_restart_the_pods_that_read_them(docs: Docs) -> None:
 
 def test_dns_egress_reaches_a_node_local_cache(docs: Docs) -> None:
     for overlay, items in docs.items():
-        for policy in (d for d in items if d["kind"] == "NetworkPolicy" and "Egress" in d["spec"]["policyTypes"]):
+        for policy in (
+            d for d in items if d["kind"] == "NetworkPolicy" and "Egress" in d["spec"]["policyTypes"]
+        ):
             dns = [r for r in policy["spec"]["egress"] if {p["port"] for p in r["ports"]} == {53}]
             assert dns, (overlay, policy["metadata"]["name"])
             for rule in dns:
@@ -427,10 +437,14 @@ def test_the_readmes_claim_only_what_the_files_back(docs: Docs) -> None:
         for c in spec["containers"]
         if c.get("command", [])[:3] == ["prefect", "worker", "start"]
     }
-    rows = re.findall(r"^\| `([\w-]+)` \| kubernetes \| ([^|]+)\|", texts[INFRA / "prefect" / "README.md"], re.M)
+    rows = re.findall(
+        r"^\| `([\w-]+)` \| kubernetes \| ([^|]+)\|", texts[INFRA / "prefect" / "README.md"], re.M
+    )
     assert rows
     for pool, runs in rows:
-        assert pool in polled or "no worker" in runs, f"{pool}: the README says it runs flows; nothing polls it"
+        assert pool in polled or "no worker" in runs, (
+            f"{pool}: the README says it runs flows; nothing polls it"
+        )
     readme = " ".join(texts[INFRA / "README.md"].split())
     for unproven in ("TensorRT", "storage.env", "ServiceMonitor", "unproven"):
         assert unproven in readme, unproven
