@@ -112,12 +112,18 @@ def test_registry_checksum_guards_what_a_service_loads(converted, tmp_path):
     info = Registry(settings).get_version(version)
     client = MlflowClient(settings.resolved_tracking_uri)
     folder = Path(client.download_artifacts(info.run_id, info.tags["conversion_path"], str(tmp_path)))
-    model = OnnxClassifier(folder / "model.int8.onnx", expected_sha256=info.tags["int8_sha256"])
+    # The tokenizer, config and labels are the version's model/merged/ files (stored once).
+    support = Path(client.download_artifacts(info.run_id, "model/merged", str(tmp_path / "merged")))
+    model = OnnxClassifier(
+        folder / "model.int8.onnx", expected_sha256=info.tags["int8_sha256"], tokenizer_dir=support
+    )
     assert model.predict_logits(["apple banana cherry grape"]).shape == (1, 3)
     with (folder / "model.int8.onnx").open("ab") as handle:
         handle.write(b"\0")
     with pytest.raises(ChecksumMismatch):
-        OnnxClassifier(folder / "model.int8.onnx", expected_sha256=info.tags["int8_sha256"])
+        OnnxClassifier(
+            folder / "model.int8.onnx", expected_sha256=info.tags["int8_sha256"], tokenizer_dir=support
+        )
 
 
 def test_stricter_thresholds_rejudge_and_a_conversion_that_must_fail_is_failed(converted):
@@ -230,3 +236,25 @@ def test_parity_markdown_shows_the_engine_verdict_and_the_int8_candidates():
     assert "| static | passed | 0.9970 | 3.10 (short_t1) | 0.0 | yes |" in text
     assert "| static_lean | FAILED | 0.9500 | - | 0.0 |  |" in text
     assert "Serves **int8** (static, 0.62x fp32 latency)" in text
+
+
+def test_a_version_stores_no_file_twice_and_not_the_plain_graph(converted, tmp_path):
+    """conversions/ holds what only the conversion made: no copy of a model/ file (the tokenizer
+    and config are read from model/merged/) and not the plain fp32 graph the fused one replaced
+    (its sha256 and size stay in the summary and the onnx_sha256 tag)."""
+    import hashlib
+
+    settings, version, result = converted
+    info = Registry(settings).get_version(version)
+    client = MlflowClient(settings.resolved_tracking_uri)
+    local = Path(client.download_artifacts(info.run_id, "", str(tmp_path)))
+    digests: dict[str, list[str]] = {}
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        rel = str(path.relative_to(local))
+        if rel.startswith(("model/", "conversions/")):
+            digests.setdefault(hashlib.sha256(path.read_bytes()).hexdigest(), []).append(rel)
+    twice = {d: where for d, where in digests.items() if len({w.split("/")[0] for w in where}) > 1}
+    assert not twice, f"stored in both model/ and conversions/: {twice}"
+    published = {p.name for p in (local / info.tags["conversion_path"]).iterdir()}
+    assert "model.opt.onnx" in published and "model.onnx" not in published
+    assert info.tags["onnx_sha256"] == result["artifacts"]["model.onnx"]["sha256"]

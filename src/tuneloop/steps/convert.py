@@ -26,9 +26,29 @@ from tuneloop.config import Settings
 from tuneloop.data import snapshot as snap
 from tuneloop.registry.policy import load_policy
 from tuneloop.registry.store import Registry, RegistryError, now_iso
+from tuneloop.steps.scratch import Scratch
 
 CONVERSIONS = "conversions"  # runs:/<run>/conversions/<key>/, beside the version's source model/
 SUMMARY = "conversion_summary.json"
+# Files the converter writes but does not publish (their sha256 and size stay in the summary). The
+# tokenizer and config are copies of the version's model/merged/ files, which every reader takes
+# them from (steps/serve.py, the MLflow Model): storing them again in conversions/ is a second copy.
+# The plain fp32 graph is the step before the fused one, which is what serves fp32 and what INT8
+# is quantized from: 87 MB a MiniLM version that nothing reads once the fused graph exists.
+NOT_PUBLISHED = frozenset(
+    {"config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
+)
+
+
+def published_files(artifacts: Any) -> list[str]:
+    """The converter's output files a version stores: everything but the copies of model/merged/
+    and, where the fused graph exists, the plain one it was fused from."""
+    names = [n for n in artifacts if n not in NOT_PUBLISHED]
+    if "model.opt.onnx" in names:
+        names = [n for n in names if n != "model.onnx"]
+    return names
+
+
 TAG_FOR = {
     "model.onnx": "onnx_sha256",
     "model.opt.onnx": "onnx_opt_sha256",
@@ -98,11 +118,22 @@ def convert_step(
     """Convert `version`; reuse the recorded result when its key (see `key_inputs`) is unchanged.
 
     Serialised per version through the registry lock, so two workers never interleave the tags.
+    The work folder `<work_dir>/convert/v<N>/` goes once the tags are written (or the recorded
+    result reused), stays when the conversion fails, and older ones are pruned after (scratch.py).
     """
     registry = Registry(settings)
     info = registry.get_version(version)
-    with registry.lock(f"convert-v{info.version}"):
-        return _convert(registry, settings, info.version, calibrate, tensorrt)
+    scratch = Scratch.of(settings, registry, "convert", "convert-")
+    name = f"v{info.version}"  # the folder; its lock is convert-v<N>
+    with registry.lock(f"convert-{name}"):
+        try:
+            summary = _convert(registry, settings, info.version, calibrate, tensorrt)
+        except Exception as exc:
+            scratch.keep(name, exc)
+            raise
+        scratch.remove_held(name)
+    scratch.prune()
+    return summary
 
 
 def _convert(
@@ -145,7 +176,7 @@ def _convert(
     if verdict and info.tags.get("conversion_key") == key and recorded_path and info.run_id:
         return {**_read_summary(registry, info.run_id, recorded_path, info.tags), "reused": True}
 
-    work = settings.work_dir / "convert" / f"v{info.version}"
+    work = settings.work_dir / "convert" / f"v{info.version}"  # convert_step's Scratch owns it
     shutil.rmtree(work / "input", ignore_errors=True)  # never convert a stale or partial download
     # verify=True: every file against the version's checksums.json (itself against the version's
     # checksums_sha256 tag) and merged_sha256; a mismatch raises naming the file and both hashes,
@@ -304,7 +335,7 @@ def _record(registry: Registry, info: Any, result: Any, summary: dict[str, Any],
     staging = out.parent / "publish"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    for name in result.artifacts:
+    for name in published_files(result.artifacts):
         shutil.copy2(out / name, staging / name)
     (staging / SUMMARY).write_text(json.dumps(summary, indent=2))
     (staging / "parity.md").write_text(parity_markdown(summary))
