@@ -158,6 +158,21 @@ class Settings(BaseSettings):
         description="Folders under which a base model recorded in an adapter may be read, besides "
         "base_model's own folder (comma-separated in the environment).",
     )
+    scratch_max_bytes: int = Field(
+        2 * 1024**3,
+        ge=0,
+        description="Bytes a step's scratch (work/rounds, work/convert, each on its own) may hold: each "
+        "successful run of the step removes its idle folders, oldest first, while they exceed it. A step "
+        "removes its own folder once it published; a failed run's stays for diagnosis until then "
+        "(one `make demo` wrote 1.2 GB of rounds and conversions, so 2 GiB keeps a few failed ones).",
+    )
+    scratch_max_age_h: float = Field(
+        72.0,
+        gt=0,
+        description="Hours after its last write that an idle scratch folder a failed run left is "
+        "removed by the next successful run of its step, whatever the size (72 h: what failed on a "
+        "Friday evening is still there on Monday).",
+    )
 
     @field_validator("int8_preset")
     @classmethod

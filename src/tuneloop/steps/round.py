@@ -10,8 +10,9 @@ A round is identified by `round_key` = hash(content of its snapshots, parent ada
 config, policy gates; see round_data.py). Find, train and register run under the registry lock
 `round-<key>`, so two runs of one round (a retry, a schedule and a manual run) register one version
 and the other returns it. Training resumes from its checkpoints under `<home>/work/rounds/<key>/`,
-a folder touched only under that lock. What a round records (its MLflow run, the version's tags,
-the `challenger` move) is round_record.py's.
+a folder touched only under that lock: kept when a round fails, removed once its version is
+registered, and what failed rounds left is pruned by later ones (scratch.py). What a round records
+(its MLflow run, the version's tags, the `challenger` move) is round_record.py's.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from tuneloop.steps.round_record import (
     round_summary,
     version_tags,
 )
+from tuneloop.steps.scratch import Scratch
 from tuneloop.train.config import TrainConfig
 
 # How long a second run of the same round waits for the first to finish before failing: a nightly
@@ -154,18 +156,30 @@ def train_step(
         cfg,
         policy.gates.model_dump(mode="json"),
     )
-    existing = registry.find_by_round_key(key)
-    if existing is None:
+    scratch = Scratch.of(settings, registry, "rounds", "round-")
+    info = registry.find_by_round_key(key)
+    reused = True
+    if info is None:
         # Find, train and register under one lock, checking again inside it: a scheduled run and a
         # manual run of the same round otherwise both register, and both write the work folder.
         with registry.lock(f"round-{key}", timeout_s=ROUND_LOCK_WAIT_S):
-            existing = registry.find_by_round_key(key)
-            if existing is None:
-                info = _train_and_register(registry, settings, plan, cfg, champion, key, policy, progress)
-                finish_registration(registry, info, policy)
-                return round_summary(registry.get_version(info.version), reused=False)
-    finish_registration(registry, existing, policy)
-    return round_summary(registry.get_version(existing.version), reused=True)
+            info = registry.find_by_round_key(key)
+            if info is None:
+                reused = False
+                try:
+                    info = _train_and_register(registry, settings, plan, cfg, champion, key, policy, progress)
+                    finish_registration(registry, info, policy)
+                except Exception as exc:
+                    scratch.keep(key, exc)  # a retry resumes from its checkpoints there
+                    raise
+                # The version, its tags and the challenger move are in the registry: a retry finds
+                # the version and never resumes from this folder again.
+                scratch.remove_held(key)
+    if reused:
+        finish_registration(registry, info, policy)
+        scratch.remove(key)  # one a run that crashed after registering left behind
+    scratch.prune()
+    return round_summary(registry.get_version(info.version), reused=reused)
 
 
 def _parent_snapshot(champion: VersionInfo | None) -> str | None:
