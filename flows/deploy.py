@@ -33,7 +33,8 @@ our code (steps/triggers.py: rows, drift, cooldown, daily cap), not by Prefect:
 - the event `tuneloop.drift.detected` (emitted by the `watch` flow) runs it with `trigger=drift`.
 The landing folder is polled every 15 minutes (ingest is idempotent, so an empty poll costs one
 directory listing); `watch` reads the service's /metrics every 10 minutes: at ~10 requests a second
-that is ~6,000 answers, well past the 500 the drift check needs.
+that is ~6,000 answers, well past the 500 the drift check needs. `gc` runs daily at 04:00 UTC, after
+the round and the Sunday scan (retention in the policy, flows/gc.py).
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ DEPLOYMENTS: list[tuple[str, str, dict[str, Any]]] = [
     ("flows/ingest.py:exclude_flow", "manual", {}),
     # Weekly: what was stored before redaction existed, or landed by hand, is found and reported.
     ("flows/ingest.py:redact_check_flow", "weekly-scan", {"cron": "0 3 * * 0"}),
+    # Daily, after the 02:00 round and the Sunday 03:00 scan: old versions' bulk and quarantine
+    # copies beyond the policy's `retention` (flows/gc.py).
+    ("flows/gc.py:gc_flow", "daily", {"cron": "0 4 * * *"}),
 ]
 
 
@@ -90,6 +94,7 @@ def options(entrypoint: str, schedule: dict[str, Any]) -> dict[str, Any]:
 def runner_deployments() -> list[Any]:
     """Every deployment as a RunnerDeployment of the flows imported here (for `serve`)."""
     from flows.continual import continual_flow
+    from flows.gc import gc_flow
     from flows.ingest import exclude_flow, ingest_flow, redact_check_flow
     from flows.train import approve_flow, train_flow
     from flows.watch import watch_flow
@@ -102,6 +107,7 @@ def runner_deployments() -> list[Any]:
         "approve_flow": approve_flow,
         "exclude_flow": exclude_flow,
         "redact_check_flow": redact_check_flow,
+        "gc_flow": gc_flow,
     }
     return [
         flows[ep.split(":")[1]].to_deployment(name=name, **options(ep, sched))

@@ -42,6 +42,8 @@ STANDARD: dict[tuple[str, str], dict[str, str]] = {
     # A registry tag (approve) or a ledger line (exclude): the interpreter.
     ("flows/train.py:approve_flow", "manual"): _res("100m", "512Mi", "500m", "1Gi"),
     ("flows/ingest.py:exclude_flow", "manual"): _res("100m", "512Mi", "500m", "1Gi"),
+    # Lists each version's artifacts and deletes some (one request each): the interpreter and MLflow.
+    ("flows/gc.py:gc_flow", "daily"): _res("100m", "512Mi", "500m", "1Gi"),
 }
 
 # The laptop the `small` profile is for: kind on a 4-core, 8 GiB machine running the local overlay.
@@ -53,9 +55,11 @@ NODE_RESERVED_CPU, NODE_RESERVED_MEMORY_GIB = 1.0, 1.0
 OVERLAY_CPU, OVERLAY_MEMORY_GIB = 0.7, 2.3
 # Left for flow-run Jobs: 4 - 1 - 0.7 = 2.3 CPU and 8 - 1 - 2.3 = 4.7 GiB.
 
-# small: everything scheduled at once (the nightly round, a landing poll, a watch and the Sunday
-# scan: 1 + 0.25 + 0.05 + 0.25 = 1.55 CPU, 3 + 0.5 + 0.25 + 0.75 = 4.5 GiB requested) fits the
-# 2.3 CPU / 4.7 GiB left, and training's 4 GiB limit fits it alone. One core makes a round ~2x
+# small: everything scheduled at once (the nightly round, a landing poll, a watch, the Sunday
+# scan and the daily gc: 1 + 0.25 + 0.05 + 0.25 + 0.05 = 1.6 CPU, 3 + 0.5 + 0.25 + 0.75 + 0.1875 =
+# 4.69 GiB requested) fits the 2.3 CPU / 4.7 GiB left, and training's 4 GiB limit fits it alone.
+# gc requests 192 MiB, under the interpreter's ~0.3 GiB with MLflow: it runs at 04:00, after the
+# round, and its 768 MiB limit is what bounds it. One core makes a round ~2x
 # slower than two; 3 GiB holds the round's peak with the exports, 4 GiB lets it overshoot.
 _TRAINING_SMALL = _res("1", "3Gi", "2", "4Gi")
 _INTERPRETER_SMALL = _res("50m", "256Mi", "500m", "768Mi")
@@ -67,6 +71,7 @@ SMALL: dict[tuple[str, str], dict[str, str]] = {
     ("flows/watch.py:watch_flow", "service"): _INTERPRETER_SMALL,
     ("flows/train.py:approve_flow", "manual"): _INTERPRETER_SMALL,
     ("flows/ingest.py:exclude_flow", "manual"): _INTERPRETER_SMALL,
+    ("flows/gc.py:gc_flow", "daily"): _res("50m", "192Mi", "500m", "768Mi"),
 }
 _BY_PROFILE = {"standard": STANDARD, "small": SMALL}
 

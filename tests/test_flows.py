@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -111,3 +113,27 @@ def test_train_flow_with_nothing_new_ends_quietly_without_a_retry(prefect_harnes
     result = train_module.train_flow()
     assert result == {"skipped": "the champion has already been trained on every snapshot up to snap-0003"}
     assert len(calls) == 1  # a retry would only wait 30 s to learn the same thing
+
+
+def test_gc_flow_collects_what_its_dry_run_planned(prefect_harness, tmp_path, monkeypatch):
+    from flows.gc import FLOW_USER, gc_flow
+    from tests.test_gc import gc_settings, register_fake_version
+
+    from tuneloop.registry.retention import GC_TAG
+    from tuneloop.registry.store import Registry
+
+    settings = gc_settings(tmp_path)
+    monkeypatch.setenv("TUNELOOP_HOME", str(settings.home))
+    monkeypatch.setenv("TUNELOOP_POLICY_PATH", str(settings.policy_path))
+    registry = Registry(settings)
+    for n in (1, 2, 3):
+        register_fake_version(registry, tmp_path, n)
+    registry.set_alias("champion", "3")
+
+    dry = gc_flow(dry_run=True)
+    assert [v["version"] for v in dry["versions"] if v["action"] == "collect"] == ["1"]
+    assert GC_TAG not in registry.get_version("1").tags
+    real = gc_flow()
+    assert real["versions"] == dry["versions"] and real["bytes"] == dry["bytes"] > 0
+    assert json.loads(registry.get_version("1").tags[GC_TAG])["by"] == FLOW_USER
+    assert GC_TAG not in registry.get_version("2").tags  # the newest behind the champion stays whole

@@ -17,6 +17,7 @@ from tuneloop.registry.policy import (
     GatePolicy,
     Policy,
     PolicyError,
+    RetentionPolicy,
     dump_policy,
     load_policy,
     parse_policy,
@@ -28,6 +29,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "approval": ApprovalPolicy,
     "conversion": ConversionPolicy,
     "canary": CanaryPolicy,
+    "retention": RetentionPolicy,
 }
 
 

@@ -5,6 +5,8 @@
     rollout.py  rollout, rollback, history (runnable alone: `python -m tuneloop.cli.rollout`)
     flows.py    retrain (one continual round in process), worker (the Prefect deployments)
     serve.py    serve (execs `bentoml serve` on the service front-end, `tuneloop.service`)
+    privacy.py  redact (a text, or --check the stores)
+    gc.py       gc (retention: old versions' bulk, quarantine copies)
     common.py   consoles, settings, JSON output, friendly errors
     tables.py   tables that fit the terminal (80 columns in a pipe or a CI log)
 

@@ -17,7 +17,7 @@ import typer
 import yaml
 from rich.table import Table
 
-from tuneloop.cli import flows, model, privacy, rollout, serve
+from tuneloop.cli import flows, gc, model, privacy, rollout, serve
 from tuneloop.cli.common import JsonOpt, emit, err, out, run_guarded, settings_or_exit
 from tuneloop.cli.tables import Column, print_table
 from tuneloop.config import mask_settings
@@ -295,7 +295,14 @@ def show_config(as_json: JsonOpt = False) -> None:
         out.print(yaml.safe_dump(mask_settings(settings.model_dump(mode="json")), sort_keys=False), end="")
 
 
-for command in [*model.COMMANDS, *serve.COMMANDS, *rollout.COMMANDS, *flows.COMMANDS, *privacy.COMMANDS]:
+for command in [
+    *model.COMMANDS,
+    *serve.COMMANDS,
+    *rollout.COMMANDS,
+    *flows.COMMANDS,
+    *privacy.COMMANDS,
+    *gc.COMMANDS,
+]:
     app.command()(command)  # type: ignore[type-var]
 
 if __name__ == "__main__":

@@ -88,3 +88,33 @@ def earlier_quarantine(earlier: list[SourceFile], columns: list[str]) -> SourceF
         if source.error != "wrong_columns" or source.columns == columns:
             return source
     return None
+
+
+REASON_SUFFIX = ".reason.txt"
+
+
+def quarantine_copies(quarantine_dir: Path) -> list[tuple[Path, str, int]]:
+    """(path, batch, bytes) of every whole-file copy kept under `quarantine/files/<batch>/`.
+
+    The `.reason.txt` beside each copy is its record, not a copy, and is never listed.
+    """
+    root = quarantine_dir / "files"
+    if not root.is_dir():
+        return []
+    return [
+        (path, path.parent.name, path.stat().st_size)
+        for path in sorted(root.glob("*/*"))
+        if path.is_file()
+        and not path.is_symlink()
+        and not path.name.endswith(REASON_SUFFIX)
+        and not path.name.startswith(TMP_PREFIX)
+    ]
+
+
+def remove_copy(quarantine_dir: Path, path: Path, note: str) -> None:
+    """Remove a whole-file copy, first adding `note` (who removed it, when, why) to its `.reason.txt`,
+    which stays: a kill between the two leaves a copy whose record already says it goes."""
+    reason = path.with_name(path.name + REASON_SUFFIX)
+    before = reason.read_bytes() if reason.is_file() else b""
+    _write_atomic(quarantine_dir, reason, before + note.rstrip("\n").encode() + b"\n")
+    path.unlink(missing_ok=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tuneloop.files import sha256_file
 from tuneloop.registry.client import RegistryError, VersionInfo
+from tuneloop.registry.retention import collected_problem, collected_record
 from tuneloop.registry.verify import MANIFEST, MANIFEST_TAG, checksum_problems
 from tuneloop.registry.versions import VersionStore
 
@@ -34,6 +35,8 @@ class Downloads(VersionStore):
 
         info = self.get_version(version)
         subpath = subpath.strip("/")
+        if _collected_under(info, subpath):  # say so, instead of "missing from the download"
+            raise RegistryError(str(collected_problem(info.version, info.tags)))
         source = info.source.rstrip("/")
         uri = source + (f"/{subpath}" if subpath else "")
         target = dst or Path(tempfile.mkdtemp(prefix=f"tuneloop-v{version}-"))
@@ -86,6 +89,18 @@ class Downloads(VersionStore):
         return checksum_problems(
             actual, hashlib.sha256(data).hexdigest(), recorded, info.tags, expected_under
         )
+
+
+def _collected_under(info: VersionInfo, subpath: str) -> bool:
+    """Whether gc removed files under `subpath` of the version's source (a runs:/ URI)."""
+    record = collected_record(info.tags)
+    if record is None:
+        return False
+    prefix = f"runs:/{info.run_id}/"
+    if record.get("truncated") or not info.source.startswith(prefix):
+        return True
+    wanted = "/".join(p for p in (info.source[len(prefix) :].strip("/"), subpath) if p)
+    return any(not wanted or f == wanted or f.startswith(f"{wanted}/") for f in record.get("files", []))
 
 
 def _remove(local: Path, made: Path | None) -> None:

@@ -1,4 +1,4 @@
-"""The promotion policy as typed data: gates, approval, conversion parity and canary rollout.
+"""The promotion policy as typed data: gates, approval, conversion parity, canary rollout, retention.
 
 The numbers live in `registry/policy.yaml` (with comments explaining each one), not here: every
 threshold field is required, so a file that forgets one fails loudly instead of falling back to a
@@ -9,6 +9,7 @@ leave the real threshold unset.
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
@@ -276,6 +277,111 @@ class PrivacyPolicy(_Section):
         return self
 
 
+# Paths of every kind of lineage file in a version's run (relative to the run's artifact root; `k`
+# stands for a conversion key). A `retention.collect` pattern matching any of them is refused: gc
+# removes rebuildable bulk (merged weights, ONNX graphs), never what says how a version was made.
+LINEAGE_EXAMPLES = (
+    "model/checksums.json",
+    "model/MLmodel",
+    "model/pyfunc_model.py",
+    "model/replay_manifest.json",
+    "model/input_example.json",
+    "model/adapter/adapter_model.safetensors",
+    "model/adapter/adapter_config.json",
+    "model/adapter/labels.json",
+    "report/gate.json",
+    "report/per_label.csv",
+    "snapshot/manifest.json",
+    "conversions/k/conversion_summary.json",
+    "conversions/k/parity.md",
+)
+
+
+def artifact_path_matches(path: str, pattern: str) -> bool:
+    """Whether a run-relative artifact path matches a retention pattern (pure).
+
+    Segment by segment: `*` and `?` match within one path segment (fnmatch), and a `**` segment
+    matches any number of segments, none included. So `conversions/*/model*.onnx` matches
+    `conversions/<key>/model.int8.onnx` and nothing deeper, and `model/merged/**` everything under
+    `model/merged/`.
+    """
+    return _segments_match(path.strip("/").split("/"), pattern.strip("/").split("/"))
+
+
+def _segments_match(parts: list[str], pats: list[str]) -> bool:
+    if not pats:
+        return not parts
+    if pats[0] == "**":
+        return any(_segments_match(parts[i:], pats[1:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatchcase(parts[0], pats[0]) and _segments_match(parts[1:], pats[1:])
+
+
+class RetentionPolicy(_Section):
+    """What `tuneloop gc` may remove from versions outside retention, and what stays whole.
+
+    Read by the pure `tuneloop.registry.retention.plan_gc`. A version holding an alias (champion,
+    canary, previous, challenger) is never collected whatever these numbers say.
+    """
+
+    keep_whole_behind_aliases: int = Field(
+        ge=0,
+        description="The N most recent versions that hold no alias stay whole: the next candidates, "
+        "and the rollback targets an operator may still reach for.",
+    )
+    min_age_days: float = Field(
+        ge=0, description="Versions registered less than this many days ago stay whole (0: no age rule)."
+    )
+    keep_tag: str = Field(
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_.\-]+$",
+        description='A version tag name; a version carrying it with the value "true" is never collected.',
+    )
+    collect: list[str] = Field(
+        min_length=1,
+        description="Artifact paths gc removes from a version outside retention, relative to its run "
+        "(`*` within a segment, `**` any depth); everything else is lineage and stays.",
+    )
+    quarantine_max_copies: int = Field(
+        ge=0,
+        description="Whole-file copies of bad input kept under <home>/quarantine/files/; the oldest "
+        "beyond this are removed (their .reason.txt, ledger and report records stay).",
+    )
+
+    @field_validator("collect")
+    @classmethod
+    def _collect_only_bulk(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            parts = pattern.split("/")
+            if pattern.startswith("/") or any(part in ("", ".", "..") for part in parts):
+                raise ValueError(f"{pattern!r}: a path relative to the run, without empty, . or .. parts")
+            if any("**" in part and part != "**" for part in parts):
+                raise ValueError(f"{pattern!r}: ** must be a whole path segment")
+            lineage = [path for path in LINEAGE_EXAMPLES if artifact_path_matches(path, pattern)]
+            if lineage:
+                raise ValueError(f"{pattern!r} would collect lineage ({', '.join(lineage)}); it must stay")
+        return value
+
+    def collects(self, path: str) -> bool:
+        """Whether gc may remove this run-relative artifact path."""
+        return any(artifact_path_matches(path, pattern) for pattern in self.collect)
+
+    def roots(self) -> list[str]:
+        """The folders that hold every collectable path: each pattern's segments before its first
+        wildcard ("" for the whole run). Only these are listed, so lineage is never even walked."""
+        found = set()
+        for pattern in self.collect:
+            literal = []
+            for part in pattern.split("/")[:-1]:
+                if any(ch in part for ch in "*?["):
+                    break
+                literal.append(part)
+            found.add("/".join(literal))
+        if "" in found:
+            return [""]
+        # A root inside another root is listed with it.
+        return sorted(r for r in found if not any(r.startswith(f"{o}/") for o in found if o != r))
+
+
 class Policy(_Section):
     """The whole promotion policy, as read from `registry/policy.yaml`."""
 
@@ -294,6 +400,11 @@ class Policy(_Section):
         default=None,
         description="Automatic retraining (see TriggerPolicy); omitted means the safe choice: rounds "
         "start only when an operator runs one.",
+    )
+    retention: RetentionPolicy | None = Field(
+        default=None,
+        description="What `tuneloop gc` removes from old versions (see RetentionPolicy); omitted means "
+        "the safe choice: nothing is collected and quarantine copies are kept.",
     )
 
 

@@ -14,11 +14,13 @@ server on PostgreSQL instead of SQLite is a URI change, nothing more. It is one 
     aliases.py    aliases and the cross-process lock they move under
     downloads.py  downloads verified against the recorded checksums
     runs.py       experiments, and the lineage runs of snapshots
+    artifacts.py  a run's files with their sizes, and deleting some (`tuneloop gc`)
 """
 
 from __future__ import annotations
 
 from tuneloop.registry.aliases import LEASE_S, AliasStore
+from tuneloop.registry.artifacts import ArtifactFiles
 from tuneloop.registry.client import (
     ALIASES,
     APPROVAL_STATES,
@@ -49,5 +51,5 @@ __all__ = [
 ]
 
 
-class Registry(Downloads, AliasStore, RunLog):
+class Registry(Downloads, AliasStore, RunLog, ArtifactFiles):
     """Thin wrapper over MlflowClient with the operations the loop needs."""

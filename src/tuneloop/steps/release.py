@@ -25,6 +25,7 @@ from typing import Any
 
 from tuneloop.config import Settings
 from tuneloop.registry.policy import Policy, load_policy
+from tuneloop.registry.retention import collected_problem
 from tuneloop.registry.store import Registry, RegistryError, VersionInfo, current_user, now_iso
 from tuneloop.steps.rollout_state import (
     PENDING_TAG,
@@ -75,7 +76,11 @@ def approval_problems(info: VersionInfo, policy: Policy) -> list[str]:
 
 
 def promotion_problems(info: VersionInfo, policy: Policy) -> list[str]:
-    """Why `info` may not become champion under `policy` (empty list: it may)."""
+    """Why `info` may not become champion (or canary) under `policy` (empty list: it may).
+
+    Besides gates, approval and conversion: a version `tuneloop gc` collected (tag `gc_collected`)
+    has lost its merged model and ONNX graphs, so no alias that serves may move onto it.
+    """
     problems = []
     if not info.gate_passed:
         problems.append(
@@ -90,6 +95,9 @@ def promotion_problems(info: VersionInfo, policy: Policy) -> list[str]:
             f"v{info.version} has not passed conversion (conversion={conversion or 'not run'}); "
             f"run `tuneloop convert {info.version}` first"
         )
+    collected = collected_problem(info.version, info.tags)  # its weights are gone: nothing to serve
+    if collected:
+        problems.append(collected)
     return problems
 
 

@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from tuneloop.config import Settings
-from tuneloop.registry.store import Registry, VersionInfo
+from tuneloop.registry.retention import collected_problem
+from tuneloop.registry.store import Registry, RegistryError, VersionInfo
 from tuneloop.serve.backends import (
     ONNX_FILES,
     IntegrityError,
@@ -112,6 +113,9 @@ class RegistrySource:
 
     def load(self, version: str) -> LoadedModel:
         info = self.registry.get_version(version)
+        collected = collected_problem(info.version, info.tags)
+        if collected:  # say gc, not "file not found" from whichever backend tries first
+            raise RegistryError(collected)
         plan, notes = plan_backends(self.preference, info.tags, tensorrt_reason(self.preference))
         if not plan:
             raise RuntimeError(f"no backend may serve v{version}: " + "; ".join(notes))

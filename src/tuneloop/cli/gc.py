@@ -1,0 +1,79 @@
+"""Retention command of the `tuneloop` CLI: `tuneloop gc` (mirrors the `gc` flow, flows/gc.py)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from tuneloop.cli.common import JsonOpt, emit, out, run_guarded, settings_or_exit
+from tuneloop.cli.tables import Column, print_table
+
+# At 80 columns: version 7 + aliases 10 + action 7 + MB 6 + reason ~30 = 60 characters of cells,
+# 5 x 3 + 1 = 16 of borders and padding; the reason folds rather than push the others out.
+GC_COLUMNS = [
+    Column("version"),
+    Column("aliases", drop=2),
+    Column("action"),
+    Column("MB", justify="right"),
+    Column("reason", fold_at=34),
+    Column("files", drop=1, justify="right"),
+]
+
+
+def gc(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be collected and removed; change nothing.")
+    ] = False,
+    by: Annotated[
+        str | None,
+        typer.Option(
+            "--by", help="Who runs it, recorded on each collected version (default: $TUNELOOP_USER or $USER)."
+        ),
+    ] = None,
+    wide: Annotated[bool, typer.Option("--wide", help="Every column at full width.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove the rebuildable bulk of old versions, and cap the quarantine's whole-file copies.
+
+    The policy's `retention` section (registry/policy.yaml) decides. A version outside retention
+    (no alias, not among the `keep_whole_behind_aliases` newest behind the aliases, older than
+    `min_age_days`, not tagged `keep_tag`=true) loses the files `collect` names: its merged model
+    (model/merged/) and ONNX graphs (conversions/*/model*.onnx), ~286 of its ~287 MB. Each is first
+    tagged `gc_collected` (files, bytes, when, by whom); promotion and serving then refuse it by
+    name until `tuneloop restore N` rebuilds it. The oldest quarantine copies beyond
+    `quarantine_max_copies` are removed.
+
+    Never touched: a version holding champion, canary, previous or challenger; the adapter,
+    checksums.json, MLmodel, reports, snapshot and conversion summaries of any version; runs,
+    metrics, params and other tags; quarantine reports, the ledger and each copy's .reason.txt.
+    A dry run plans exactly what the real run does. Runs MLflow marks deleted are `mlflow gc`'s.
+    """
+    from tuneloop.steps.gc import gc_step
+
+    settings = settings_or_exit()
+    result = run_guarded(lambda: gc_step(settings, dry_run=dry_run, by=by))
+    emit(result, as_json, lambda r: _render(r, wide))
+
+
+def _render(r: dict[str, Any], wide: bool) -> None:
+    if r["policy"] is None:
+        out.print(r["message"], markup=False)
+        return
+    rows = [
+        [
+            v["version"],
+            ",".join(v["aliases"]) or "-",
+            v["action"],
+            f"{v['bytes'] / 1e6:.1f}" if v["action"] == "collect" else "-",
+            v["reason"],
+            str(len(v["files"])) if v["action"] == "collect" else "-",
+        ]
+        for v in r["versions"]
+    ]
+    title = f"gc {'(dry run) ' if r['dry_run'] else ''}by {r['by']}"
+    print_table(out, GC_COLUMNS, rows, wide=wide, title=title)
+    out.print(r["message"], markup=False)
+
+
+COMMANDS = [gc]
