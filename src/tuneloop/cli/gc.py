@@ -1,4 +1,5 @@
-"""Retention command of the `tuneloop` CLI: `tuneloop gc` (mirrors the `gc` flow, flows/gc.py)."""
+"""Retention commands of the `tuneloop` CLI: `tuneloop gc` (mirrors the `gc` flow, flows/gc.py) and
+`tuneloop restore N`, which makes a collected version whole again."""
 
 from __future__ import annotations
 
@@ -76,4 +77,25 @@ def _render(r: dict[str, Any], wide: bool) -> None:
     out.print(r["message"], markup=False)
 
 
-COMMANDS = [gc]
+def restore(
+    version: Annotated[str, typer.Argument(help="The collected version to rebuild (a number).")],
+    by: Annotated[
+        str | None, typer.Option("--by", help="Who restores it, recorded on the version (default: $USER).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rebuild a version gc collected: its merged model from the kept adapter and the base model,
+    checked file by file against the version's checksums.json before anything is uploaded, then its
+    conversion. The `gc_collected` tag goes and `gc_restored` records when, by whom, and whether the
+    rebuilt ONNX graphs are bit-for-bit the recorded ones. Refused (nothing uploaded, the version
+    stays collected) when the rebuilt merged model differs from the registered one, e.g. on a host
+    whose torch rounds differently. A whole version is left as it is.
+    """
+    from tuneloop.steps.restore import restore_step
+
+    settings = settings_or_exit()
+    result = run_guarded(lambda: restore_step(settings, version, by=by))
+    emit(result, as_json, lambda r: out.print(r["message"], markup=False))
+
+
+COMMANDS = [gc, restore]

@@ -18,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from tuneloop.config import Settings
 from tuneloop.data import snapshot as snap
 from tuneloop.registry.policy import load_policy
+from tuneloop.registry.retention import GC_TAG
 from tuneloop.registry.store import Registry, RegistryError, now_iso
 from tuneloop.steps.scratch import Scratch
 
@@ -72,15 +73,18 @@ CONVERSION_TAGS = (
 TAG_CHARS = 4000
 
 
-def conversion_settings(settings: Settings, tensorrt: str = "auto") -> Any:
+def conversion_settings(
+    settings: Settings, tensorrt: str = "auto", int8_candidates: tuple[str, ...] | None = None
+) -> Any:
     from tuneloop.convert.settings import ConversionSettings
 
-    return ConversionSettings(
+    conv = ConversionSettings(
         max_length=max(settings.max_length, 128),
         tensorrt=tensorrt,
         calibration_seed=settings.seed,
         preset=settings.int8_preset,
     )
+    return replace(conv, int8_candidates=int8_candidates) if int8_candidates else conv
 
 
 def conversion_key(inputs: dict[str, Any]) -> str:
@@ -113,9 +117,16 @@ def key_inputs(
 
 
 def convert_step(
-    settings: Settings, version: str, calibrate: bool = True, tensorrt: str = "auto"
+    settings: Settings,
+    version: str,
+    calibrate: bool = True,
+    tensorrt: str = "auto",
+    int8_candidates: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Convert `version`; reuse the recorded result when its key (see `key_inputs`) is unchanged.
+
+    `int8_candidates` narrows the INT8 candidates built and timed (default: every one the converter
+    knows); a restore (restore.py) names the one the version published, so the rebuild is that one.
 
     Serialised per version through the registry lock, so two workers never interleave the tags.
     The work folder `<work_dir>/convert/v<N>/` goes once the tags are written (or the recorded
@@ -127,7 +138,7 @@ def convert_step(
     name = f"v{info.version}"  # the folder; its lock is convert-v<N>
     with registry.lock(f"convert-{name}"):
         try:
-            summary = _convert(registry, settings, info.version, calibrate, tensorrt)
+            summary = _convert(registry, settings, info.version, calibrate, tensorrt, int8_candidates)
         except Exception as exc:
             scratch.keep(name, exc)
             raise
@@ -137,7 +148,12 @@ def convert_step(
 
 
 def _convert(
-    registry: Registry, settings: Settings, version: str, calibrate: bool, tensorrt: str
+    registry: Registry,
+    settings: Settings,
+    version: str,
+    calibrate: bool,
+    tensorrt: str,
+    int8_candidates: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     from tuneloop.convert.pipeline import CONVERTER_VERSION, convert_model
     from tuneloop.convert.quantize import texts_sha256
@@ -161,7 +177,7 @@ def _convert(
         if not frame.empty
     }
     policy = load_policy(settings.policy_path)
-    conv = conversion_settings(settings, tensorrt)
+    conv = conversion_settings(settings, tensorrt, int8_candidates)
     data = {
         "snapshot": snapshot_id,
         "content_hash": manifest.content_hash,
@@ -173,7 +189,9 @@ def _convert(
     )
     recorded_path = info.tags.get("conversion_path")
     verdict = info.tags.get("conversion") in ("passed", "failed")
-    if verdict and info.tags.get("conversion_key") == key and recorded_path and info.run_id:
+    # A version gc collected has lost its graphs: its recorded conversion is redone (restore.py).
+    collected = GC_TAG in info.tags
+    if verdict and info.tags.get("conversion_key") == key and recorded_path and info.run_id and not collected:
         return {**_read_summary(registry, info.run_id, recorded_path, info.tags), "reused": True}
 
     work = settings.work_dir / "convert" / f"v{info.version}"  # convert_step's Scratch owns it
