@@ -436,3 +436,29 @@ def test_gc_deletes_from_the_bucket_through_the_artifact_proxy(s3, tmp_path: Pat
         assert all("/model/merged/" in k or k.endswith(".onnx") for k in gone), gone
         assert json.loads(registry.get_version("1").tags[GC_TAG])["by"] == "ops"
         assert any(k.endswith("model/checksums.json") and run1 in k for k in keys())
+
+
+def test_status_shows_bytes_per_version_and_what_gc_would_free(world) -> None:
+    """`tuneloop status` shows each version's stored bytes and gc's verdict on it, the total gc
+    would free (what the dry run plans), and the home's bytes by kind."""
+    from tuneloop.steps.gc import gc_step
+    from tuneloop.steps.status import status
+
+    settings, registry = world
+    planned = gc_step(settings, dry_run=True, by="ops")
+    reg = status(settings)["registry"]
+    by_version = {v["version"]: v for v in reg["versions"]}
+    for v in planned["versions"]:
+        info = registry.get_version(v["version"])
+        assert info.run_id is not None
+        assert by_version[v["version"]]["bytes"] == sum(registry.run_files(info.run_id).values())
+        if v["action"] == "collect":
+            assert by_version[v["version"]]["gc"] == f"frees {v['bytes'] / 1e6:.1f} MB"
+        else:
+            assert by_version[v["version"]]["gc"] == v["reason"]
+    assert reg["gc_would_free"] == planned["bytes"] > 0
+    gc_step(settings, by="ops")
+    after = {v["version"]: v for v in status(settings)["registry"]["versions"]}
+    assert after["1"]["gc"] == "collected" and after["1"]["bytes"] < by_version["1"]["bytes"]
+    data = status(settings, include_registry=False)["data"]
+    assert set(data["bytes"]) == {"snapshots", "quarantine", "scratch", "home"}

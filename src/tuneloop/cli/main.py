@@ -142,6 +142,8 @@ VERSION_COLUMNS = [
     Column("snapshot", drop=5),
     Column("parent", drop=6),
     Column("redacted", drop=7, justify="right"),
+    Column("MB", drop=8, justify="right"),
+    Column("gc", drop=9, fold_at=20),
 ]
 
 
@@ -202,6 +204,13 @@ def _render_status(r: dict[str, Any], wide: bool = False) -> None:
     out.print(
         f"quarantine: {q['rows']} rows ({reasons}); {q['files']} whole files; in {q['folder']}", markup=False
     )
+    if "bytes" in data:
+        b = {k: f"{v / 1e6:.1f} MB" for k, v in data["bytes"].items()}
+        out.print(
+            f"on disk: snapshots {b['snapshots']}, quarantine {b['quarantine']}, scratch {b['scratch']} "
+            f"(home {b['home']})",
+            markup=False,
+        )
     if "registry" in r:
         reg = r["registry"]
         versions = [
@@ -217,11 +226,19 @@ def _render_status(r: dict[str, Any], wide: bool = False) -> None:
                 v["data_snapshot"] or "-",
                 v["parent_version"] or "-",
                 _redacted(v.get("personal_data", {})),
+                f"{v['bytes'] / 1e6:.1f}" if "bytes" in v else "-",
+                v.get("gc", "-"),
             ]
             for v in reg["versions"]
         ]
         title = f"registered model {reg['model']} ({r['tracking_uri']})"
         print_table(out, VERSION_COLUMNS, versions, wide=wide, title=title)
+        if "bytes" in reg:
+            out.print(
+                f"registry artifacts: {reg['bytes'] / 1e6:.1f} MB; gc would free "
+                f"{reg['gc_would_free'] / 1e6:.1f} MB now (`tuneloop gc --dry-run` lists it)",
+                markup=False,
+            )
         _render_waiting(reg)
 
 

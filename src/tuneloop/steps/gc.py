@@ -142,3 +142,27 @@ def _cap_quarantine(
         "removed": [c.path for c in beyond],
         "bytes": sum(c.bytes for c in beyond),
     }
+
+
+def version_storage(
+    settings: Settings, registry: Registry, infos: list[VersionInfo]
+) -> dict[str, dict[str, Any]]:
+    """Per version: the bytes its run stores, and what gc would do with it now (the same plan
+    `tuneloop gc --dry-run` makes; "no retention policy" without the policy section)."""
+    files = {i.version: registry.run_files(i.run_id) if i.run_id else {} for i in infos}
+    stored = {v: sum(f.values()) for v, f in files.items()}
+    try:
+        retention = load_policy(settings.policy_path).retention
+    except Exception as exc:  # status reports a policy that does not load; it does not fail on it
+        return {v: {"bytes": b, "gc": f"policy not loaded: {type(exc).__name__}"} for v, b in stored.items()}
+    if retention is None:
+        return {v: {"bytes": b, "gc": "no retention policy"} for v, b in stored.items()}
+    plan = plan_gc([_facts(i, files[i.version]) for i in infos], retention, datetime.now(UTC))
+    return {
+        p.version: {
+            "bytes": stored[p.version],
+            "gc": f"frees {p.bytes / 1e6:.1f} MB" if p.action == "collect" else p.reason,
+            "gc_frees": p.bytes if p.action == "collect" else 0,
+        }
+        for p in plan.versions
+    }

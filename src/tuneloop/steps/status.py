@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from tuneloop.config import Settings, mask_uri
 from tuneloop.data import snapshot as snap
 from tuneloop.data.ledger import ledger_records
+from tuneloop.registry.retention import GC_TAG
 from tuneloop.steps.exclusions import excluded_snapshots
 from tuneloop.steps.ingest import ingest_config
 
@@ -60,9 +62,31 @@ def data_status(settings: Settings) -> dict[str, Any]:
             "files": files_quarantined,
             "reasons": dict(sorted(reasons.items())),
             "folder": str(cfg.quarantine_dir),
+            "bytes": folder_bytes(cfg.quarantine_dir),
         },
         "batches": len(batches),
+        # What the home holds on disk besides the registry: kept (snapshots are lineage), capped by
+        # the retention policy (quarantine copies) or cleaned by the steps themselves (scratch).
+        "bytes": {
+            "snapshots": folder_bytes(cfg.snapshots_dir),
+            "quarantine": folder_bytes(cfg.quarantine_dir),
+            "scratch": folder_bytes(settings.work_dir),
+            "home": folder_bytes(settings.home_dir),
+        },
     }
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of every file under `folder` (0 when it does not exist); a file that vanishes mid-walk
+    (a step cleaning its scratch) is skipped."""
+    total = 0
+    for path in folder.rglob("*") if folder.is_dir() else ():
+        try:
+            if path.is_file() and not path.is_symlink():
+                total += path.stat().st_size
+        except OSError:
+            continue
+    return total
 
 
 def rollout_outcome(tags: Mapping[str, str], in_flight_step: int | None = None) -> str:
@@ -91,9 +115,12 @@ def registry_status(settings: Settings) -> dict[str, Any]:
     from tuneloop.steps.rollout_state import read_state
 
     registry = Registry(settings)
+    from tuneloop.steps.gc import version_storage
+
     versions = []
     found = registry.versions()  # each with the aliases it holds (read from the registered model)
     state = read_state(registry) if found else None
+    storage = version_storage(settings, registry, found)
     for info in found:
         step = state.step if state is not None and state.version == info.version else None
         versions.append(
@@ -109,10 +136,21 @@ def registry_status(settings: Settings) -> dict[str, Any]:
                 "conversion": info.tags.get("conversion", "-"),
                 "rollout": rollout_outcome(info.tags, step),
                 "personal_data": json.loads(info.tags.get("personal_data", "{}")),
+                # Bytes its run stores, and what gc would free now or why it keeps the version.
+                "bytes": storage[info.version]["bytes"],
+                "gc": "collected" if GC_TAG in info.tags and not storage[info.version].get("gc_frees")
+                else storage[info.version]["gc"],
+                "gc_frees": storage[info.version].get("gc_frees", 0),
             }
         )
     aliases = {alias: v.version for v in found for alias in v.aliases}
-    result = {"model": settings.model_name, "aliases": aliases, "versions": versions}
+    result = {
+        "model": settings.model_name,
+        "aliases": aliases,
+        "versions": versions,
+        "bytes": sum(v["bytes"] for v in versions),
+        "gc_would_free": sum(v["gc_frees"] for v in versions),
+    }
     return {**result, **_approvals(settings, found, aliases.get("champion"))}
 
 
