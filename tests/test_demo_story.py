@@ -88,6 +88,17 @@ def test_demo_promotes_through_the_canary_and_rolls_back_the_bad_candidate(
     assert champion is not None and champion.version == bad["copy_of"]
     assert registry.alias("canary") is None
     assert registry.get_version(bad["version"]).tags["rolled_back"] == bad["decision"]
+    # gc at the end, as the nightly flow would: the first version (outside the demo retention: no
+    # alias, not the newest behind the aliases) loses its bulk; what serves or may serve stays whole.
+    from tuneloop.registry.retention import GC_TAG
+
+    storage = result["storage"]
+    assert storage["gc"]["bytes"] > 0 and storage["home_bytes"] > 0
+    assert GC_TAG in registry.get_version("1").tags
+    for alias in ("champion", "previous"):
+        held = registry.alias(alias)
+        assert held is None or GC_TAG not in held.tags, alias
+    assert any(line.startswith("gc: 1 version(s) collected (v1)") for line in lines), lines[-6:]
 
     print("\n".join(lines))  # what a user sees, in the test log
     # Lines fit 80 columns, save one that is a single long word (a path in a deep tmp folder).

@@ -87,7 +87,20 @@ def run_demo(settings: Settings, echo: Echo | None = None, **train_overrides: An
     finally:
         for each in services:
             each.stop()
-    return _finish(settings, rounds, drops, time.monotonic() - start, say)
+    storage = _collect(settings, say)
+    return {**_finish(settings, rounds, drops, time.monotonic() - start, say), "storage": storage}
+
+
+def _collect(settings: Settings, say: Echo) -> dict[str, Any]:
+    """What a nightly `gc` flow does, once, at the end: the versions outside the demo policy's
+    retention lose their rebuildable bulk; then what the home holds."""
+    from tuneloop.steps.gc import gc_step
+    from tuneloop.steps.status import folder_bytes
+
+    collected = gc_step(settings, by="demo")
+    home = folder_bytes(settings.home_dir)
+    _say(say, f"gc: {collected['message']}; {settings.home_dir} now holds {home / 1e6:.0f} MB")
+    return {"gc": {k: collected[k] for k in ("bytes", "message")}, "home_bytes": home}
 
 
 def _v(version: str | None) -> str:

@@ -138,7 +138,8 @@ def registry_status(settings: Settings) -> dict[str, Any]:
                 "personal_data": json.loads(info.tags.get("personal_data", "{}")),
                 # Bytes its run stores, and what gc would free now or why it keeps the version.
                 "bytes": storage[info.version]["bytes"],
-                "gc": "collected" if GC_TAG in info.tags and not storage[info.version].get("gc_frees")
+                "gc": "collected"
+                if GC_TAG in info.tags and not storage[info.version].get("gc_frees")
                 else storage[info.version]["gc"],
                 "gc_frees": storage[info.version].get("gc_frees", 0),
             }
@@ -148,8 +149,12 @@ def registry_status(settings: Settings) -> dict[str, Any]:
         "model": settings.model_name,
         "aliases": aliases,
         "versions": versions,
-        "bytes": sum(v["bytes"] for v in versions),
-        "gc_would_free": sum(v["gc_frees"] for v in versions),
+        # Per run, not per version: versions registered from one run (a copy of the champion
+        # rolled out again) share its files.
+        "bytes": sum({i.run_id or i.version: storage[i.version]["bytes"] for i in found}.values()),
+        "gc_would_free": sum(
+            {i.run_id or i.version: storage[i.version].get("gc_frees", 0) for i in found}.values()
+        ),
     }
     return {**result, **_approvals(settings, found, aliases.get("champion"))}
 
