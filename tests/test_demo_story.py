@@ -99,6 +99,10 @@ def test_demo_promotes_through_the_canary_and_rolls_back_the_bad_candidate(
         held = registry.alias(alias)
         assert held is None or GC_TAG not in held.tags, alias
     assert any(line.startswith("gc: 1 version(s) collected (v1)") for line in lines), lines[-6:]
+    # No scratch left by successful steps: rounds, conversions, the services' BentoML homes.
+    work = settings.work_dir
+    assert not [p for p in (work / "rounds").iterdir()] and not [p for p in (work / "convert").iterdir()]
+    assert not list((work / "demo").glob("bentoml-*"))
 
     print("\n".join(lines))  # what a user sees, in the test log
     # Lines fit 80 columns, save one that is a single long word (a path in a deep tmp folder).

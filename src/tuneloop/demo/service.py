@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -118,16 +119,17 @@ class DemoService:
         self.stop()
 
     def stop(self) -> None:
-        """SIGTERM to the service's process group (graceful: in-flight requests finish), then SIGKILL."""
+        """SIGTERM to the service's process group (graceful: in-flight requests finish), then SIGKILL;
+        then its BentoML home goes (scratch: every start makes a new one). The log stays."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+        shutil.rmtree(self.bentoml_home, ignore_errors=True)
 
     def log_tail(self, chars: int = 2000) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
