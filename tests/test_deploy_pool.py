@@ -23,7 +23,7 @@ import pytest
 from flows import deploy, resources
 from flows.pool import PINNED_VARIABLES, pin_template
 
-from test_deploy_server import _wait, prefect_server  # noqa: F401 - the fixture, used by name
+from test_deploy_server import _wait, prefect_server, wait_healthy  # noqa: F401 - the fixture, used by name
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "infra" / "prefect" / "base-job-template.json"
@@ -221,12 +221,6 @@ def test_pool_repairs_a_worker_created_pool_and_serve_refuses_then_replaces_its_
     env, deadline = prefect_server
     api = env["PREFECT_API_URL"]
 
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{api}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     def pool() -> dict[str, Any]:
         response = httpx.get(f"{api}/work_pools/tuneloop-k8s", timeout=10)
         response.raise_for_status()
@@ -235,7 +229,7 @@ def test_pool_repairs_a_worker_created_pool_and_serve_refuses_then_replaces_its_
     def run(*argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*argv], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
 
-    _wait("the Prefect server", healthy, deadline, every=0.5)
+    wait_healthy(api, deadline, every=0.5)
     # What `prefect worker start --pool tuneloop-k8s --type kubernetes` does on a pool it cannot find.
     created = run(
         sys.executable, "-m", "prefect", "work-pool", "create", "tuneloop-k8s", "--type", "kubernetes"

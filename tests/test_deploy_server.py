@@ -105,6 +105,18 @@ def prefect_server(tmp_path):
         log.close()
 
 
+def wait_healthy(api: str, deadline: float, every: float = 1.0) -> None:
+    """Until the Prefect API at `api` answers /health (the server takes seconds to start)."""
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{api}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    _wait("the Prefect server", healthy, deadline, every=every)
+
+
 def _runs(api: str) -> list[dict]:
     response = httpx.post(f"{api}/flow_runs/filter", json={"limit": 50}, timeout=10)
     response.raise_for_status()
@@ -115,13 +127,7 @@ def test_schedule_fires_and_data_landed_event_triggers_continual(prefect_server,
     env, deadline = prefect_server
     api = env["PREFECT_API_URL"]
 
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{api}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    _wait("the Prefect server", healthy, deadline)
+    wait_healthy(api, deadline)
     script = tmp_path / "serve_stand_in.py"
     script.write_text(STAND_IN.format(repo=str(REPO)))
     runner_log = open(tmp_path / "runner.log", "wb")  # noqa: SIM115 - closed below
