@@ -462,3 +462,25 @@ def test_status_shows_bytes_per_version_and_what_gc_would_free(world) -> None:
     assert after["1"]["gc"] == "collected" and after["1"]["bytes"] < by_version["1"]["bytes"]
     data = status(settings, include_registry=False)["data"]
     assert set(data["bytes"]) == {"snapshots", "quarantine", "scratch", "home"}
+
+
+def test_runs_marked_deleted_are_reported_with_mlflows_own_command(world) -> None:
+    """A run deleted in the UI keeps its files until `mlflow gc`; gc names it and the command, and
+    names apart a deleted run a version was registered from (restore it, never purge it)."""
+    from tuneloop.steps.gc import gc_step
+
+    settings, registry = world
+    with mlflow.start_run(experiment_id=registry.experiment_id("tuneloop-train")) as run:
+        mlflow.log_text("scratch notes", "notes.txt")
+    registry.client.delete_run(run.info.run_id)
+    v2 = registry.get_version("2")
+    assert v2.run_id is not None
+    registry.client.delete_run(v2.run_id)
+    result = gc_step(settings, dry_run=True, by="ops")
+    runs = {r["run_id"]: r for r in result["deleted_runs"]["runs"]}
+    assert runs[run.info.run_id]["version"] is None and runs[run.info.run_id]["bytes"] == len("scratch notes")
+    assert runs[v2.run_id]["version"] == "2"
+    message = result["message"]
+    assert f"--run-ids {run.info.run_id}`" in message
+    restore = f"`mlflow runs restore --run-id {v2.run_id}`"
+    assert f"the run of v2 is marked deleted (its lineage): {restore}" in message

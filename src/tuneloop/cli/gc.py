@@ -48,7 +48,8 @@ def gc(
     Never touched: a version holding champion, canary, previous or challenger; the adapter,
     checksums.json, MLmodel, reports, snapshot and conversion summaries of any version; runs,
     metrics, params and other tags; quarantine reports, the ledger and each copy's .reason.txt.
-    A dry run plans exactly what the real run does. Runs MLflow marks deleted are `mlflow gc`'s.
+    A dry run plans exactly what the real run does. Runs MLflow marks deleted are reported with the
+    `mlflow gc` command that purges them (a run a version was registered from: restore it instead).
     """
     from tuneloop.steps.gc import gc_step
 

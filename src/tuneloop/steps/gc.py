@@ -14,7 +14,7 @@ outside the lock. A dry run reads and plans exactly as the real run does, and wr
 What gc never touches: any version holding an alias, any file outside the policy's `collect`
 patterns (adapter, checksums, MLmodel, reports, snapshot, conversion summaries), runs, metrics,
 params and tags other than `gc_collected`, and the quarantine's reports, ledger and `.reason.txt`
-records. Runs MLflow marks deleted are `mlflow gc`'s business, not this step's.
+records. Runs MLflow marks deleted are `mlflow gc`'s to purge: this step reports them (`deleted_runs`).
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ def gc_step(settings: Settings, dry_run: bool = False, by: str | None = None) ->
     plan = plan_gc([_facts(i, files[i.version]) for i in infos], retention, now)
     done = plan if dry_run else _carry_out(registry, plan, files, retention, now, by, result["at"])
     quarantine = _cap_quarantine(settings, retention, dry_run, by, result["at"])
+    deleted = deleted_runs(settings, registry, infos)
     verb = "would free" if dry_run else "freed"
     collected = [f"v{v.version}" for v in done.collect]
     message = (
@@ -73,8 +74,47 @@ def gc_step(settings: Settings, dry_run: bool = False, by: str | None = None) ->
         "versions": [v.as_dict() | {"aliases": _aliases(infos, v.version)} for v in done.versions],
         "bytes": done.bytes,
         "quarantine": quarantine,
-        "message": message,
+        "deleted_runs": deleted,
+        "message": message + (f"; {deleted['message']}" if deleted["runs"] else ""),
     }
+
+
+def deleted_runs(settings: Settings, registry: Registry, infos: list[VersionInfo]) -> dict[str, Any]:
+    """Runs marked deleted (the MLflow UI's delete) still hold their artifacts until `mlflow gc`
+    purges them, metadata and files, for good. That is MLflow's tool, and it runs where the backend
+    store is reachable (the tracking server's database), so this only reports them, with the
+    command. `mlflow gc` does not look at registered versions: a deleted run a version was
+    registered from is named apart, to be restored rather than purged."""
+    from mlflow.entities import ViewType
+
+    client = registry.client
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    found = client.search_runs(experiments, run_view_type=ViewType.DELETED_ONLY) if experiments else []
+    backs = {i.run_id: i.version for i in infos if i.run_id}
+    runs = [
+        {
+            "run_id": r.info.run_id,
+            "version": backs.get(r.info.run_id),
+            "bytes": sum(registry.run_files(r.info.run_id).values()),
+        }
+        for r in found
+    ]
+    purgeable = [r for r in runs if r["version"] is None]
+    lineage = [r for r in runs if r["version"] is not None]
+    parts = []
+    if purgeable:
+        ids = ",".join(r["run_id"] for r in purgeable)
+        size = sum(r["bytes"] for r in purgeable) / 1e6
+        parts.append(
+            f"{len(purgeable)} run(s) marked deleted hold {size:.1f} MB: `MLFLOW_TRACKING_URI=<server> "
+            f"mlflow gc --backend-store-uri <its database> --run-ids {ids}` purges them"
+        )
+    for r in lineage:
+        parts.append(
+            f"the run of v{r['version']} is marked deleted (its lineage): `mlflow runs restore --run-id "
+            f"{r['run_id']}`; never `mlflow gc` it"
+        )
+    return {"runs": runs, "message": "; ".join(parts)}
 
 
 def _facts(info: VersionInfo, files: dict[str, int]) -> VersionFacts:
