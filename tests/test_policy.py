@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from tuneloop.registry.policy import (
     ApprovalPolicy,
     CanaryPolicy,
+    CompressPolicy,
     ConversionPolicy,
     GatePolicy,
     Policy,
@@ -30,6 +31,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "conversion": ConversionPolicy,
     "canary": CanaryPolicy,
     "retention": RetentionPolicy,
+    "compress": CompressPolicy,
 }
 
 
@@ -93,6 +95,8 @@ def test_policy_round_trips_through_yaml(tmp_path: Path) -> None:
         ("canary", "steps", [5, 50, 25, 100], "strictly increase"),
         ("canary", "steps", [5, 25, 50], "last step must be 100"),
         ("approval", "approvers", [], "null (anyone)"),
+        ("compress", "depths", [3, 3], "distinct layer counts"),
+        ("compress", "alpha", 1.5, "less than or equal to 1"),
     ],
 )
 def test_invalid_value_error_names_file_and_field(

@@ -17,11 +17,12 @@ if TYPE_CHECKING:
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def make_tiny_bert(target: Path, seed: int = 0, hidden_size: int = 32) -> Path:
+def make_tiny_bert(target: Path, seed: int = 0, hidden_size: int = 32, layers: int = 2) -> Path:
     """Write a tiny random `BertModel` (config, safetensors weights, tokenizer) to `target`.
 
     `hidden_size=128` (4.0 M parameters) is the size whose LoRA rounds learn keyword sentences
-    reliably across seeds; 32 is enough where learning is not asserted.
+    reliably across seeds; 32 is enough where learning is not asserted. `layers` > 2 gives a teacher
+    that depth students (compress/) can drop layers from.
     """
     import shutil
 
@@ -36,7 +37,7 @@ def make_tiny_bert(target: Path, seed: int = 0, hidden_size: int = 32) -> Path:
     config = BertConfig(
         vocab_size=30522,
         hidden_size=hidden_size,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         intermediate_size=2 * hidden_size,
         max_position_embeddings=128,

@@ -1,4 +1,4 @@
-"""Model commands of the `tuneloop` CLI: train, evaluate, approve, promote, convert, demo.
+"""Model commands of the `tuneloop` CLI: train, evaluate, approve, promote, convert, compress, demo.
 
 Each command mirrors a Prefect flow (flows/) and calls the same step in `tuneloop.steps`.
 """
@@ -181,6 +181,60 @@ def _render_convert(r: dict[str, Any]) -> None:
         out.print("(already converted with these settings: reused)")
 
 
+def compress(
+    version: Annotated[
+        str, typer.Argument(help="Registered version number, or an alias such as challenger.")
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Distil depth students of a version from its merged model and judge each against it.
+
+    For every depth in the policy's `compress` section: keep that many of the teacher's encoder
+    layers (evenly spread, first and last kept), train on the version's training and replay rows
+    from the teacher's logits, and judge on its eval rows and golden set (macro-F1 drop, agreement,
+    per-label drop). Nothing is recorded on the version yet: the students stay in the work folder.
+    """
+    from tuneloop.steps.compress import compress_step
+
+    settings = settings_or_exit()
+    result = run_guarded(lambda: compress_step(settings, _resolve(settings, version), progress=not as_json))
+    emit(result, as_json, _render_compress)
+
+
+def _render_compress(r: dict[str, Any]) -> None:
+    teacher = r["teacher"]
+    f1 = ", ".join(f"{name} {value:.4f}" for name, value in teacher["macro_f1"].items())
+    out.print(
+        f"v{r['version']} teacher: {teacher['layers']} layers, {teacher['params'] / 1e6:.1f} M parameters, "
+        f"{teacher['bytes'] / 1e6:.1f} MB; macro-F1 {f1}; {r['rows']['train']} training rows "
+        f"({r['rows']['replay']} replayed)"
+    )
+    table = Table(
+        "depth", "layers", "M params", "MB", "macro-F1 (teacher -> student)", "agreement", "verdict", "s"
+    )
+    for s in r["students"]:
+        if "skipped" in s:
+            table.add_row(str(s["depth"]), "-", "-", "-", "-", "-", f"skipped: {s['skipped']}", "-")
+            continue
+        scores = "; ".join(f"{n} {v['teacher']:.3f} -> {v['student']:.3f}" for n, v in s["macro_f1"].items())
+        agreement = "; ".join(f"{n} {v:.3f}" for n, v in s["agreement"].items())
+        table.add_row(
+            str(s["depth"]),
+            str(s["layers"]),
+            f"{s['params'] / 1e6:.1f}",
+            f"{s['bytes'] / 1e6:.1f}",
+            scores,
+            agreement,
+            "[green]passed[/]" if s["passed"] else "[red]refused[/]",
+            f"{s['seconds']:.0f}",
+        )
+    out.print(table)
+    for s in r["students"]:
+        for reason in s.get("reasons", []):
+            out.print(f"  - depth {s['depth']}: {reason}")
+    out.print("Not published: the students stay in the work folder (recording and serving them comes next).")
+
+
 def demo(as_json: JsonOpt = False) -> None:
     """Run the whole loop on the bundled data and embedded defaults, with the service running.
 
@@ -220,4 +274,4 @@ def _resolve(settings: Any, version: str) -> str:
     return resolve_version(settings, version)
 
 
-COMMANDS = [train, evaluate, approve, promote, convert, demo]
+COMMANDS = [train, evaluate, approve, promote, convert, compress, demo]

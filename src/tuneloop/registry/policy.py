@@ -1,4 +1,4 @@
-"""The promotion policy as typed data: gates, approval, conversion parity, canary rollout, retention.
+"""The promotion policy as typed data: gates, approval, conversion parity, canary, retention, compression.
 
 The numbers live in `registry/policy.yaml` (with comments explaining each one), not here: every
 threshold field is required, so a file that forgets one fails loudly instead of falling back to a
@@ -382,6 +382,56 @@ class RetentionPolicy(_Section):
         return sorted(r for r in found if not any(r.startswith(f"{o}/") for o in found if o != r))
 
 
+class CompressPolicy(_Section):
+    """Students of a version: which shapes are built, how they are distilled, what they must keep.
+
+    Judged by the pure `tuneloop.compress.judge.judge_student` against the student's own teacher;
+    the per-label check uses the gates' `max_per_label_drop_points` and `min_label_support`, so a
+    student may lose no more of one label than a round may.
+    """
+
+    enabled: bool = Field(
+        description="Whether the loop compresses each new version by itself (no loop step does yet); "
+        "`tuneloop compress` runs whatever this says (an operator's decision)."
+    )
+    depths: list[int] = Field(
+        min_length=1,
+        description="Encoder layers of each depth student, kept from the teacher's (compress/layers.py "
+        "says which); a depth not below the teacher's is skipped.",
+    )
+    max_f1_drop_points: Points = Field(
+        ge=0,
+        le=100,
+        description="Largest macro-F1 drop of a student versus its teacher, in points, on the eval "
+        "rows and on the golden set.",
+    )
+    min_agreement: float = Field(
+        ge=0, le=1, description="Lowest share of rows where a student predicts its teacher's label."
+    )
+    temperature: float = Field(gt=0, description="Softmax temperature of the distillation (KL) term.")
+    alpha: float = Field(
+        ge=0,
+        le=1,
+        description="Weight of the distillation term; 1 - alpha weighs cross-entropy on the labels.",
+    )
+    epochs: int = Field(ge=1, description="Passes of a student over the round's training and replay rows.")
+    learning_rate: float = Field(
+        gt=0, lt=1, description="Peak AdamW learning rate of a student (all weights)."
+    )
+    hidden_state_weight: float = Field(
+        ge=0,
+        description="Weight of the MSE between a student's layer outputs and the teacher's at the kept "
+        "layers; 0 leaves the term out.",
+    )
+
+    @field_validator("depths")
+    @classmethod
+    def _distinct_depths(cls, value: list[int]) -> list[int]:
+        if any(depth < 1 for depth in value) or len(set(value)) != len(value):
+            raise ValueError(f"depths must be distinct layer counts of at least 1, got {value}")
+        return value
+
+
 class Policy(_Section):
     """The whole promotion policy, as read from `registry/policy.yaml`."""
 
@@ -405,6 +455,11 @@ class Policy(_Section):
         default=None,
         description="What `tuneloop gc` removes from old versions (see RetentionPolicy); omitted means "
         "the safe choice: nothing is collected and quarantine copies are kept.",
+    )
+    compress: CompressPolicy | None = Field(
+        default=None,
+        description="Distilled students of each version (see CompressPolicy); omitted means none is "
+        "built, by the loop or by `tuneloop compress`.",
     )
 
 
