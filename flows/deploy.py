@@ -57,6 +57,8 @@ DEPLOYMENTS: list[tuple[str, str, dict[str, Any]]] = [
     ("flows/train.py:train_flow", "manual", {}),
     ("flows/train.py:approve_flow", "manual", {}),
     ("flows/ingest.py:exclude_flow", "manual", {}),
+    # Students of a version, on an operator's request (policy `compress`; flows/compress.py).
+    ("flows/compress.py:compress_flow", "manual", {}),
     # Weekly: what was stored before redaction existed, or landed by hand, is found and reported.
     ("flows/ingest.py:redact_check_flow", "weekly-scan", {"cron": "0 3 * * 0"}),
     # Daily, after the 02:00 round and the Sunday 03:00 scan: old versions' bulk and quarantine
@@ -93,6 +95,7 @@ def options(entrypoint: str, schedule: dict[str, Any]) -> dict[str, Any]:
 
 def runner_deployments() -> list[Any]:
     """Every deployment as a RunnerDeployment of the flows imported here (for `serve`)."""
+    from flows.compress import compress_flow
     from flows.continual import continual_flow
     from flows.gc import gc_flow
     from flows.ingest import exclude_flow, ingest_flow, redact_check_flow
@@ -108,6 +111,7 @@ def runner_deployments() -> list[Any]:
         "exclude_flow": exclude_flow,
         "redact_check_flow": redact_check_flow,
         "gc_flow": gc_flow,
+        "compress_flow": compress_flow,
     }
     return [
         flows[ep.split(":")[1]].to_deployment(name=name, **options(ep, sched))

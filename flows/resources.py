@@ -32,6 +32,9 @@ _TRAINING = _res("2", "6Gi", "4", "8Gi")
 STANDARD: dict[tuple[str, str], dict[str, str]] = {
     ("flows/continual.py:continual_flow", "loop"): _TRAINING,
     ("flows/train.py:train_flow", "manual"): _TRAINING,
+    # Distils every student in full (all weights, not LoRA) on the round's rows, with the teacher
+    # loaded beside it: a training job.
+    ("flows/compress.py:compress_flow", "manual"): _TRAINING,
     # A drop through validation and redaction (~0.1 ms a text on one core: 10,000 rows ~1 s) in
     # pandas: half a core, 1 GiB for the interpreter and a drop of tens of thousands of rows.
     ("flows/ingest.py:ingest_flow", "landing-poll"): _res("500m", "1Gi", "2", "2Gi"),
@@ -66,6 +69,7 @@ _INTERPRETER_SMALL = _res("50m", "256Mi", "500m", "768Mi")
 SMALL: dict[tuple[str, str], dict[str, str]] = {
     ("flows/continual.py:continual_flow", "loop"): _TRAINING_SMALL,
     ("flows/train.py:train_flow", "manual"): _TRAINING_SMALL,
+    ("flows/compress.py:compress_flow", "manual"): _TRAINING_SMALL,
     ("flows/ingest.py:ingest_flow", "landing-poll"): _res("250m", "512Mi", "1", "1536Mi"),
     ("flows/ingest.py:redact_check_flow", "weekly-scan"): _res("250m", "768Mi", "1", "1536Mi"),
     ("flows/watch.py:watch_flow", "service"): _INTERPRETER_SMALL,

@@ -218,7 +218,7 @@ def compressed(trained):
 def test_compress_step_distils_and_judges_each_depth(trained, compressed):
     _, version, _ = trained
     r = compressed
-    assert r["version"] == version and r["published"] is False
+    assert r["version"] == version and r["published"] is False  # recorded, not served
     # 3 labels x 40 rows, 80% trained on; a first round replays nothing.
     assert r["rows"]["replay"] == 0 and r["rows"]["train"] > 0 and r["rows"]["golden"] > 0
     teacher = r["teacher"]
@@ -242,6 +242,96 @@ def test_compress_step_distils_and_judges_each_depth(trained, compressed):
         assert sorted(config["id2label"].values()) == ["alpha", "beta", "gamma"]
     # Keyword sentences are easy: a 3-layer student of a teacher that learnt them keeps them.
     assert 3 in r["passed"]
+
+
+def _stored(settings, version: str, path: str) -> Path:
+    """The folder of a version's run artifacts at `path` in the local artifact store."""
+    from tuneloop.registry.store import Registry
+
+    registry = Registry(settings)
+    run_id = registry.get_version(version).run_id
+    uri = registry.client.get_run(run_id).info.artifact_uri
+    return Path(uri.removeprefix("file://")) / path
+
+
+def test_compress_step_records_each_student_on_its_version(trained, compressed, tmp_path):
+    import hashlib
+
+    from tuneloop.files import sha256_file
+    from tuneloop.registry.store import Registry
+    from tuneloop.steps.students import read_students_tag
+
+    settings, version, _ = trained
+    tag = read_students_tag(Registry(settings).get_version(version).tags)
+    by_depth = {s["depth"]: s for s in compressed["students"]}
+    assert set(tag) == {"3", "2"}  # depth 4 was skipped: nothing built, nothing recorded
+    for depth in (3, 2):
+        entry, student = tag[str(depth)], by_depth[depth]
+        assert entry == student["recorded"] and entry["path"] == f"students/{depth}L"
+        assert entry["passed"] == student["passed"] and entry["layers"] == student["layers"]
+        assert 0 <= entry["agreement"] <= 1 and entry["macro_f1_drop"] is not None
+        folder = _stored(settings, version, entry["path"])
+        data = (folder / "checksums.json").read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+        sums = json.loads(data)
+        stored = {p.name: sha256_file(p) for p in folder.iterdir() if p.name != "checksums.json"}
+        assert sums["files"] == stored
+        assert {"model.safetensors", "config.json", "labels.json", "student.json", "judgement.json"} <= set(
+            stored
+        )
+        # The tokenizer is the teacher's byte for byte: stored once, in model/merged/.
+        assert "tokenizer.json" in sums["from_merged"] and not set(sums["from_merged"]) & set(stored)
+        judgement = json.loads((folder / "judgement.json").read_text())
+        assert judgement["passed"] == student["passed"] and judgement["reasons"] == student["reasons"]
+        assert judgement["layers"] == student["layers"] and "sets" in judgement["verdict"]
+
+
+def test_download_student_verifies_every_file_and_refuses_a_tampered_one(trained, compressed, tmp_path):
+    from tuneloop.registry.store import RegistryError
+    from tuneloop.steps.compress import download_student
+
+    settings, version, _ = trained
+    folder = download_student(settings, version, 3, tmp_path / "ok")
+    model, tokenizer, labels = load_teacher(folder)  # the tokenizer came from model/merged/
+    assert labels == ["alpha", "beta", "gamma"] and model.config.num_hidden_layers == 3
+    assert (folder / "tokenizer.json").is_file() and not (folder / ".merged").exists()
+
+    stored = _stored(settings, version, "students/3L")
+    for name, match in [("model.safetensors", "model.safetensors: sha256"), ("checksums.json", "the tag")]:
+        original = (stored / name).read_bytes()
+        (stored / name).write_bytes(original + b" ")
+        try:
+            with pytest.raises(RegistryError, match=match):
+                download_student(settings, version, 3, tmp_path / name)
+            assert not (tmp_path / name / "3L").exists()  # the refused download was deleted
+        finally:
+            (stored / name).write_bytes(original)
+    with pytest.raises(RegistryError, match="no recorded 1-layer student"):
+        download_student(settings, version, 1, tmp_path / "none")
+
+
+def test_rerunning_compress_records_to_a_fresh_folder_and_records_a_refused_student(trained, compressed):
+    from tuneloop.registry.store import Registry
+    from tuneloop.steps.compress import compress_step, download_student
+    from tuneloop.steps.students import read_students_tag
+
+    settings, version, root = trained
+    before = read_students_tag(Registry(settings).get_version(version).tags)
+    first = _stored(settings, version, "students/2L")
+    files_before = {p.name: p.read_bytes() for p in first.iterdir()}
+    # A student that must answer exactly as its teacher, after one epoch at a ruinous learning rate.
+    strict = _policy(root, depths=[2], epochs=1, learning_rate=0.5, min_agreement=1.0, max_f1_drop_points=0)
+    again = compress_step(settings.model_copy(update={"policy_path": strict}), version)
+    (student,) = again["students"]
+    assert not student["passed"] and student["reasons"]
+    tag = read_students_tag(Registry(settings).get_version(version).tags)
+    assert tag["2"] == student["recorded"] and tag["2"]["path"] == "students/2L.2"
+    assert tag["2"]["passed"] is False
+    assert tag["3"] == before["3"]  # a depth not rebuilt keeps its entry
+    assert {p.name: p.read_bytes() for p in first.iterdir()} == files_before  # never written into
+    judgement = json.loads((_stored(settings, version, "students/2L.2") / "judgement.json").read_text())
+    assert judgement["passed"] is False and judgement["reasons"] == student["reasons"]
+    assert load_teacher(download_student(settings, version, 2))[0].config.num_hidden_layers == 2
 
 
 def test_compress_command_prints_json_and_refuses_a_policy_without_the_section(trained, monkeypatch):

@@ -137,3 +137,33 @@ def test_gc_flow_collects_what_its_dry_run_planned(prefect_harness, tmp_path, mo
     assert real["versions"] == dry["versions"] and real["bytes"] == dry["bytes"] > 0
     assert json.loads(registry.get_version("1").tags[GC_TAG])["by"] == FLOW_USER
     assert GC_TAG not in registry.get_version("2").tags  # the newest behind the champion stays whole
+
+
+def test_compress_flow_records_a_student_on_its_version(prefect_harness, monkeypatch, tmp_path):
+    from flows.compress import compress_flow
+    from tests.test_compress import _policy
+
+    from tuneloop.config import load_settings
+    from tuneloop.registry.store import Registry
+    from tuneloop.steps.ingest import ingest_step
+    from tuneloop.steps.round import train_step
+    from tuneloop.steps.students import read_students_tag
+    from tuneloop.testing import TINY_TRAIN_SETTINGS, keyword_sentences, make_tiny_bert
+
+    keyword_sentences(["alpha", "beta"], 20, seed=0).to_csv(tmp_path / "drop.csv", index=False)
+    monkeypatch.delenv("TUNELOOP_CONFIG", raising=False)
+    for key, value in {
+        "TUNELOOP_HOME": str(tmp_path / "home"),
+        "TUNELOOP_BASE_MODEL": str(make_tiny_bert(tmp_path / "tiny")),  # 2 layers: one student, 1
+        "TUNELOOP_POLICY_PATH": str(_policy(tmp_path, depths=[1], epochs=1)),
+    }.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings(epochs=1, **TINY_TRAIN_SETTINGS)
+    ingest_step(settings, [tmp_path / "drop.csv"])
+    version = train_step(settings, progress=False)["version"]
+
+    result = compress_flow(version=version)
+    (student,) = result["students"]
+    assert student["depth"] == 1 and student["recorded"]["path"] == "students/1L"
+    tag = read_students_tag(Registry(settings).get_version(version).tags)
+    assert tag == {"1": student["recorded"]} and tag["1"]["passed"] == student["passed"]

@@ -192,7 +192,8 @@ def compress(
     For every depth in the policy's `compress` section: keep that many of the teacher's encoder
     layers (evenly spread, first and last kept), train on the version's training and replay rows
     from the teacher's logits, and judge on its eval rows and golden set (macro-F1 drop, agreement,
-    per-label drop). Nothing is recorded on the version yet: the students stay in the work folder.
+    per-label drop). Each student, passed or refused, is recorded on the version (run artifacts
+    `students/<n>L/`, tag `students`); none is served yet.
     """
     from tuneloop.steps.compress import compress_step
 
@@ -232,7 +233,10 @@ def _render_compress(r: dict[str, Any]) -> None:
     for s in r["students"]:
         for reason in s.get("reasons", []):
             out.print(f"  - depth {s['depth']}: {reason}")
-    out.print("Not published: the students stay in the work folder (recording and serving them comes next).")
+    for s in r["students"]:
+        if "recorded" in s:
+            out.print(f"  depth {s['depth']}: recorded at {s['recorded']['path']} on v{r['version']}'s run")
+    out.print("Not served: publishing the chosen student to serving is the next slice.")
 
 
 def demo(as_json: JsonOpt = False) -> None:

@@ -8,10 +8,12 @@ The training rows are the version's own: the train splits of the snapshots it tr
 replay sample it drew, rebuilt from its `replay_manifest.json` (checked against its sha256), so a
 student learns from exactly what its teacher learnt from, continual-learning rehearsal included.
 
-This slice builds and judges; it publishes nothing. Nothing is logged to MLflow and no tag changes:
-the students stay in `<work_dir>/compress/v<N>/students/depth-<d>/` (pruned with the other scratch
-folders, scratch.py) in the layout the convert stage exports. Recording the students on their
-version, converting the passing ones and serving the fastest is the next slice of issue 25.
+Each built student, passed or refused, is then recorded on its version (steps/students.py): its
+files under `runs:/<run>/students/<n>L/` with their checksums and judgement, and the version tag
+`students` last; `download_student` reads one back verified. Nothing here serves a student:
+converting the passing ones and publishing the chosen student to serving is the next slice of
+issue 25. The built folders stay in `<work_dir>/compress/v<N>/students/depth-<d>/` until the scratch
+folders are pruned (scratch.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from tuneloop.data import snapshot as snap
 from tuneloop.registry.policy import CompressPolicy, Policy, load_policy
 from tuneloop.registry.store import Registry, RegistryError
 from tuneloop.steps.scratch import Scratch
+from tuneloop.steps.students import download_student, record_students
+
+__all__ = ["compress_step", "download_student", "load_version_rows"]
 
 WEIGHTS = "model.safetensors"
 
@@ -39,7 +44,8 @@ def compress_step(settings: Settings, version: str, progress: bool = False) -> d
 
     Returns a summary: the rows used, the teacher's layers, parameters, bytes and macro-F1, and per
     student its layers, parameters, bytes, macro-F1 against the teacher's on each set, agreement,
-    passed, reasons and seconds (a depth not below the teacher's is listed as skipped). Runs whatever
+    passed, reasons and seconds (a depth not below the teacher's is listed as skipped), and where it
+    was recorded on the version (`recorded`: its entry in the `students` tag). Runs whatever
     `compress.enabled` says: that switch is for the loop, this is an operator's request. Serialised
     per version by the registry lock `compress-v<N>`.
     """
@@ -229,6 +235,11 @@ def _compress(
                 "path": str(folder),
             }
         )
+    # Files first, the version's `students` tag last (steps/students.py).
+    recorded = record_students(registry, info.version, Path(teacher_dir), students, work / "publish")
+    for student in students:
+        if str(student["depth"]) in recorded:
+            student["recorded"] = recorded[str(student["depth"])]
     return {
         "version": info.version,
         "data_snapshot": info.tags["data_snapshot"],
