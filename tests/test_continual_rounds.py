@@ -64,7 +64,12 @@ def test_round_without_replay_forgets_and_is_refused(world) -> None:  # type: ig
     assert result["parent_version"] == "1"
     assert result["gate"]["passed"] is False
     info = Registry(settings).get_version(result["version"])
-    report = settings.work_dir / "rounds" / info.tags["round_key"] / "report"
+    # The round's report as published on its run (its scratch folder is gone once it registered).
+    assert info.run_id is not None
+    report = Path(
+        Registry(settings).client.download_artifacts(info.run_id, "report", str(settings.home_dir / "dl"))
+    )
+    assert not (settings.work_dir / "rounds" / info.tags["round_key"]).exists()
     gate = json.loads((report / "gate.json").read_text())
     failed = {c["name"]: c["value"] for c in gate["checks"] if not c["passed"]}
     assert set(failed) == {"new_macro_f1", "union_macro_f1"} and failed["new_macro_f1"] < 0.5, gate

@@ -63,8 +63,13 @@ def test_the_poisoned_snapshot_fails_its_own_floor_and_the_round_is_refused(worl
     # The regression check's bootstrap is seeded from the round's own key (not 0 for every round).
     from tuneloop.registry.store import Registry
 
-    key = Registry(settings).get_version(second["version"]).tags["round_key"]
-    gate = json.loads((settings.work_dir / "rounds" / key / "report" / "gate.json").read_text())
+    info = Registry(settings).get_version(second["version"])
+    key = info.tags["round_key"]
+    assert info.run_id is not None  # the report as published on the round's run
+    local = Registry(settings).client.download_artifacts(
+        info.run_id, "report/gate.json", str(settings.home_dir / "dl")
+    )
+    gate = json.loads(Path(local).read_text())
     assert gate["seed"] == int(key[:8], 16)
 
 

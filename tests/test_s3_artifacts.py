@@ -44,6 +44,11 @@ def s3():
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **keys)
         client.create_bucket(Bucket=BUCKET)
         yield endpoint, client
+        # moto keeps its buckets in the process, across servers: leave none for the next test.
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+            for item in page.get("Contents", []):
+                client.delete_object(Bucket=BUCKET, Key=item["Key"])
+        client.delete_bucket(Bucket=BUCKET)
     finally:
         server.stop()
 
