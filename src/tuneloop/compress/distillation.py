@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tuneloop.progress import progress_bar
+
 WARMUP_SHARE = 0.06  # as the train stage: linear warm-up over 6% of the steps, then linear decay to 0
 WEIGHT_DECAY = 0.01
 MAX_GRAD_NORM = 1.0
@@ -127,7 +129,7 @@ def distill(
     step = 0
     started = time.perf_counter()
     student.train()
-    with _progress_bar(progress) as bar:
+    with progress_bar(progress) as bar:
         for epoch in range(1, cfg.epochs + 1):
             generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
             order = torch.randperm(len(texts), generator=generator).tolist()
@@ -195,18 +197,3 @@ def _loss(
 
 def _tokens(tokenizer: Any, texts: Sequence[str], max_length: int) -> Any:
     return tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-
-
-def _progress_bar(enabled: bool) -> Any:
-    """The train stage's rich bar (description, bar, steps, running loss, time), transient."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeElapsedColumn(),
-        disable=not enabled,
-        transient=True,
-    )

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from tuneloop.progress import progress_bar
 from tuneloop.train.base import BaseModelAllowance, resolve_base_model
 from tuneloop.train.checkpoint import (
     RunState,
@@ -141,7 +142,7 @@ def train_round(
     resumed_from = state.epoch if loaded else None
 
     started = time.perf_counter()
-    with _progress_bar(progress) as bar:
+    with progress_bar(progress) as bar:
         for epoch in range(state.epoch + 1, epochs + 1):
             if state.stopped:
                 break
@@ -333,18 +334,4 @@ def _describe(record: dict[str, float], state: RunState) -> str:
         f"eval loss {record['eval_loss']:.4f}  "
         f"acc {record['eval_accuracy']:.4f}  macro-F1 {record['eval_macro_f1']:.4f}  "
         f"({record['seconds']:.1f} s){mark}"
-    )
-
-
-def _progress_bar(enabled: bool) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeElapsedColumn(),
-        disable=not enabled,
-        transient=True,
     )
