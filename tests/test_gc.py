@@ -22,7 +22,8 @@ import tests.test_s3_artifacts as s3_artifacts
 import yaml
 
 from tuneloop.config import PROJECT_ROOT, Settings, load_settings
-from tuneloop.registry.policy import PolicyError, RetentionPolicy, load_policy, parse_policy
+from tuneloop.registry.policy import PolicyError, load_policy, parse_policy
+from tuneloop.registry.policy_data import RetentionPolicy
 from tuneloop.registry.retention import (
     GC_TAG,
     QuarantineCopy,

@@ -28,7 +28,7 @@ from faker import Faker
 from mlflow import MlflowClient
 
 from tuneloop.config import PROJECT_ROOT, load_settings
-from tuneloop.serve.middleware import TOKEN_SCOPES
+from tuneloop.serve.scopes import TOKEN_SCOPES
 from tuneloop.testing import TINY_TRAIN_SETTINGS, keyword_sentences, make_tiny_bert
 
 pytestmark = pytest.mark.e2e

@@ -27,7 +27,7 @@ from mlflow import MlflowClient
 
 from test_serve_server import _wait, world  # noqa: F401  (world is a fixture used below)
 from tuneloop.config import Settings
-from tuneloop.serve.middleware import TOKEN_SCOPES
+from tuneloop.serve.scopes import TOKEN_SCOPES
 
 TOKEN = "hardening-test-token"
 # The scoped tokens the guarded server also takes: variable -> its token.

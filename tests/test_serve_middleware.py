@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tuneloop.serve.middleware import TOKEN_SCOPES, Guard, HardeningMiddleware, TokenConflict, load_guard
+from tuneloop.serve.middleware import Guard, HardeningMiddleware, load_guard
+from tuneloop.serve.scopes import TOKEN_SCOPES, TokenConflict
 
 pytestmark = pytest.mark.anyio  # anyio's pytest plugin runs the async tests (on asyncio, below)
 

@@ -27,7 +27,7 @@ import yaml
 from mlflow import MlflowClient
 
 from tuneloop.config import PROJECT_ROOT, Settings, load_settings
-from tuneloop.serve.middleware import TOKEN_SCOPES
+from tuneloop.serve.scopes import TOKEN_SCOPES
 from tuneloop.testing import TINY_TRAIN_SETTINGS, keyword_sentences, make_tiny_bert
 
 pytestmark = pytest.mark.e2e

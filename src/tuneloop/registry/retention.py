@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from tuneloop.registry.client import ALIASES
-from tuneloop.registry.policy import RetentionPolicy
+from tuneloop.registry.policy_data import RetentionPolicy
 
 GC_TAG = "gc_collected"
 # MLflow keeps tag values up to 5,000 characters (8,000 in newer stores); stay well inside. A file

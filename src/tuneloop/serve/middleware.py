@@ -8,7 +8,8 @@ What it answers itself, before any handler runs, and why here:
 - 415 for a JSON endpoint called with another content type, 405 (with Allow) for a wrong method on
   one, with a message that names the fix (BentoML would try to parse a form body or 404/500 it).
 - 401 with `WWW-Authenticate: Bearer` when a token is configured and the request lacks one, and
-  403 when its token is known but lacks the scope the path needs (see "Bearer tokens" below).
+  403 when its token is known but lacks the scope the path needs (scopes.py: which path needs which
+  scope, which token grants which).
 - 503 with Retry-After when `max_in_flight` requests are already inside: an overloaded worker says
   so at once, instead of queueing without bound until callers time out.
 It also adds the statuses a handler answers beyond BentoML's fixed set (200, 400, 404, 500) to the
@@ -18,7 +19,6 @@ Every refusal is a JSON body `{"error": "<what to fix>"}`, the same shape as the
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -26,6 +26,8 @@ from typing import Any
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tuneloop.serve.scopes import PATH_SCOPES, auth_refusal, token_scopes
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -38,33 +40,6 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 # confidence are business data, and Prometheus sends a bearer token with `authorization:` in its
 # scrape config. /healthz is BentoML's older name for /livez.
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz"})
-
-# Bearer tokens. Each guarded path needs one scope; each token variable grants a set of scopes, so
-# a scrape credential cannot post /feedback (which lands in training data) and a labelling tool
-# cannot classify or read the service's business figures. A path not listed needs ALL_SCOPE, which
-# only TUNELOOP_API_TOKEN grants: a route added later is closed to the scoped tokens until it is
-# given a scope here. /docs.json (the API's schema) is for callers of /classify; the Swagger page at
-# "/" and its /static_content are unlisted (a browser sends no bearer header anyway).
-METRICS_SCOPE, CLASSIFY_SCOPE, FEEDBACK_SCOPE, ALL_SCOPE = "metrics", "classify", "feedback", "all"
-PATH_SCOPES: Mapping[str, str] = {
-    "/metrics": METRICS_SCOPE,
-    "/status": METRICS_SCOPE,
-    "/classify": CLASSIFY_SCOPE,
-    "/docs.json": CLASSIFY_SCOPE,
-    "/feedback": FEEDBACK_SCOPE,
-}
-# Variable -> the scopes its token grants; the first is the all-scopes token.
-TOKEN_SCOPES: Mapping[str, frozenset[str]] = {
-    "TUNELOOP_API_TOKEN": frozenset({ALL_SCOPE, METRICS_SCOPE, CLASSIFY_SCOPE, FEEDBACK_SCOPE}),
-    "TUNELOOP_METRICS_TOKEN": frozenset({METRICS_SCOPE}),
-    "TUNELOOP_CLASSIFY_TOKEN": frozenset({CLASSIFY_SCOPE}),
-    "TUNELOOP_FEEDBACK_TOKEN": frozenset({FEEDBACK_SCOPE}),
-}
-
-
-class TokenConflict(ValueError):
-    """Two token variables hold the same value: which scopes that bearer has would be ambiguous."""
-
 
 # 1 MiB. The largest body a valid /classify needs: 64 texts x 2,000 characters, each character at
 # most 6 bytes as a JSON \uXXXX escape (json.dumps' default ensure_ascii), = 768,000 bytes, plus
@@ -87,9 +62,9 @@ class Guard:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     # path -> methods it takes, for endpoints whose body must be JSON (the BentoML APIs).
     json_endpoints: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    # token -> the scopes it grants (see TOKEN_SCOPES); empty: no auth at all.
+    # token -> the scopes it grants (scopes.TOKEN_SCOPES); empty: no auth at all.
     tokens: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    # path -> the one scope it needs; a path not here needs ALL_SCOPE.
+    # path -> the one scope it needs; a path not here needs scopes.ALL_SCOPE.
     path_scopes: Mapping[str, str] = field(default_factory=lambda: dict(PATH_SCOPES))
     open_paths: frozenset[str] = OPEN_PATHS
     # Requests inside the app at once (per worker process) on the limited paths; 0 means no bound.
@@ -115,7 +90,7 @@ async def send_error(send: Send, status: int, message: str, headers: Iterable[tu
 
 
 class GuardSettings(BaseSettings):
-    """The middleware's knobs: `TUNELOOP_SERVE_<FIELD>`, and the tokens as TOKEN_SCOPES names them."""
+    """The middleware's knobs: `TUNELOOP_SERVE_<FIELD>`, and the tokens as scopes.TOKEN_SCOPES names them."""
 
     model_config = SettingsConfigDict(env_prefix="TUNELOOP_SERVE_", extra="ignore", frozen=True)
 
@@ -147,40 +122,6 @@ class GuardSettings(BaseSettings):
         64, ge=0, description="Requests inside a worker at once before 503 (0: unbounded)."
     )
     retry_after_s: int = Field(1, ge=0, description="Retry-After on an overload 503.")
-
-
-def scope_holders(scope: str) -> list[str]:
-    """The token variables whose token grants `scope` (for messages: never a token's value)."""
-    return [variable for variable, scopes in TOKEN_SCOPES.items() if scope in scopes]
-
-
-def _auth_refusal(guard: Guard, path: str, auth: str) -> tuple[int, str, list[tuple[str, str]]] | None:
-    """401 for a missing or unknown bearer token, 403 for a known one without the path's scope."""
-    needed = guard.path_scopes.get(path, ALL_SCOPE)
-    holders = " or ".join(scope_holders(needed)) or "a token with that scope"
-    scheme, _, given = auth.partition(" ")
-    presented = given.strip().encode()
-    granted: frozenset[str] | None = None
-    # compare_digest against every configured token (no early exit): the time taken reveals
-    # neither how much of a guess was right nor which token it resembled.
-    for token, scopes in guard.tokens.items():
-        if hmac.compare_digest(presented, token.encode()) and scheme.lower() == "bearer":
-            granted = scopes
-    if granted is None:
-        why = "is missing" if not auth else "is not one of the configured tokens"
-        return (
-            401,
-            f"the bearer token {why}: {path} needs scope '{needed}'; send "
-            f"'Authorization: Bearer <token>' with the token of {holders}",
-            [("www-authenticate", 'Bearer realm="tuneloop"')],
-        )
-    if needed not in granted:
-        return (
-            403,
-            f"this token lacks scope '{needed}', which {path} needs: use the token of {holders}",
-            [],
-        )
-    return None
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -240,7 +181,9 @@ class HardeningMiddleware:
         """(status, message, headers) for a request refused on its headers alone, else None."""
         guard, path, method = self.guard, scope["path"], scope["method"]
         if guard.tokens and path not in guard.open_paths:
-            denied = _auth_refusal(guard, path, _header(scope, b"authorization") or "")
+            denied = auth_refusal(
+                guard.tokens, guard.path_scopes, path, _header(scope, b"authorization") or ""
+            )
             if denied is not None:
                 return denied
         methods = guard.json_endpoints.get(path)
@@ -422,45 +365,6 @@ def configured_tokens(settings: GuardSettings | None = None) -> dict[str, str]:
     return {variable: value for variable, value in values.items() if value}
 
 
-def token_scopes(by_variable: Mapping[str, str]) -> dict[str, frozenset[str]]:
-    """Token -> scopes for `configured_tokens`' answer; TokenConflict when two variables share a
-    value (each variable grants different scopes, so that bearer's scopes would be a guess)."""
-    scopes: dict[str, frozenset[str]] = {}
-    holder: dict[str, str] = {}
-    for variable, token in by_variable.items():
-        if token in holder:
-            raise TokenConflict(
-                f"{holder[token]} and {variable} hold the same token, but grant different scopes "
-                f"({describe_scopes(TOKEN_SCOPES[holder[token]])} vs "
-                f"{describe_scopes(TOKEN_SCOPES[variable])}): give each its own token"
-            )
-        holder[token] = variable
-        scopes[token] = TOKEN_SCOPES[variable]
-    return scopes
-
-
-def describe_scopes(scopes: Iterable[str]) -> str:
-    """'all scopes' for the all-scopes token's set, else the scopes by name."""
-    scopes = frozenset(scopes)
-    return "all scopes" if ALL_SCOPE in scopes else ", ".join(sorted(scopes))
-
-
-def describe_auth(by_variable: Mapping[str, str]) -> str:
-    """What /status says of auth: 'off', or 'bearer: ' and each configured variable's scopes."""
-    if not by_variable:
-        return "off"
-    said = [f"{variable} ({describe_scopes(TOKEN_SCOPES[variable])})" for variable in by_variable]
-    return "bearer: " + "; ".join(said)
-
-
-def unopened_paths(by_variable: Mapping[str, str], path_scopes: Mapping[str, str] = PATH_SCOPES) -> list[str]:
-    """Paths no configured token opens, when auth is on (nobody can call them): for a warning."""
-    if not by_variable:
-        return []
-    granted = frozenset().union(*(TOKEN_SCOPES[variable] for variable in by_variable))
-    return sorted(path for path, scope in path_scopes.items() if scope not in granted)
-
-
 def load_guard(
     json_endpoints: Mapping[str, Iterable[str]],
     documented: Mapping[str, Mapping[int, str]] | None = None,
@@ -468,7 +372,7 @@ def load_guard(
 ) -> Guard:
     """A Guard from the environment, for the service's JSON endpoints (and their extra statuses).
 
-    The token variables of TOKEN_SCOPES (auth off when none is set; TokenConflict when two share a
+    The token variables of scopes.TOKEN_SCOPES (auth off when none is set; TokenConflict when two share a
     value), TUNELOOP_SERVE_MAX_BODY_BYTES, TUNELOOP_SERVE_MAX_IN_FLIGHT,
     TUNELOOP_SERVE_RETRY_AFTER_S; keyword overrides win.
     """

@@ -41,8 +41,9 @@ from tuneloop.serve.follower import Follower
 from tuneloop.serve.freshness import canary_hold
 from tuneloop.serve.limits import Limits, classify_problem
 from tuneloop.serve.metrics import PrometheusObserver
-from tuneloop.serve.middleware import configured_tokens, describe_auth, unopened_paths
+from tuneloop.serve.middleware import configured_tokens
 from tuneloop.serve.routing import item_key
+from tuneloop.serve.scopes import describe_auth, unopened_paths
 from tuneloop.serve.scoring import Fault, Item, NotReady, score_items
 from tuneloop.serve.settings import load_serve_settings
 from tuneloop.serve.tokens import RequestRecord, load_or_create_secret, sign_request, text_digest

@@ -29,7 +29,8 @@ import pandas as pd
 
 from tuneloop.config import Settings
 from tuneloop.data import snapshot as snap
-from tuneloop.registry.policy import CompressPolicy, Policy, load_policy
+from tuneloop.registry.policy import Policy, load_policy
+from tuneloop.registry.policy_data import CompressPolicy
 from tuneloop.registry.store import Registry, RegistryError
 from tuneloop.steps.scratch import Scratch
 from tuneloop.steps.students import download_student, record_students

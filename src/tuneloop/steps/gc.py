@@ -25,7 +25,8 @@ from typing import Any
 
 from tuneloop.config import Settings
 from tuneloop.data.quarantine import quarantine_copies, remove_copy
-from tuneloop.registry.policy import RetentionPolicy, load_policy
+from tuneloop.registry.policy import load_policy
+from tuneloop.registry.policy_data import RetentionPolicy
 from tuneloop.registry.retention import (
     GC_TAG,
     GcPlan,

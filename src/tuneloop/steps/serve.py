@@ -47,7 +47,8 @@ from tuneloop.serve.backends import (
 )
 from tuneloop.serve.bundle import LoadedModel, softmax
 from tuneloop.serve.follower import RegistryState
-from tuneloop.serve.middleware import TOKEN_SCOPES, configured_tokens, token_scopes
+from tuneloop.serve.middleware import configured_tokens
+from tuneloop.serve.scopes import TOKEN_SCOPES, token_scopes
 from tuneloop.serve.settings import ServeSettings
 
 CANARY_WEIGHT_TAG = "canary_weight"
