@@ -1,4 +1,4 @@
-"""Flow `continual`: decide -> ingest -> train -> approval -> convert -> roll out, one round.
+"""Flow `continual`: decide -> ingest -> train -> approval -> compress -> convert -> roll out, one round.
 
 Every task calls a step from `tuneloop.steps` (the same ones `tuneloop retrain` runs in process, see
 steps/continual.py for what `snapshot`, `dry_run` and `skip_approval` mean). Retries only where a
@@ -23,6 +23,7 @@ from prefect import flow, get_run_logger, task
 
 from tuneloop.config import load_settings
 from tuneloop.steps import continual as steps
+from tuneloop.steps.compress import compress_for_release
 from tuneloop.steps.convert import convert_step
 from tuneloop.steps.ingest import ingest_step
 from tuneloop.steps.metrics import DEFAULT_SERVICE_URL
@@ -66,6 +67,13 @@ def candidate_task() -> str | None:
     return steps.approved_candidate(load_settings())
 
 
+# Distils the version's students when policy `compress.enabled` says so (None otherwise); a retry
+# finds them recorded and skips, so a crash after recording costs no second distillation.
+@task(name="compress-version", retries=1, retry_delay_seconds=30)
+def compress_task(version: str) -> dict[str, Any] | None:
+    return compress_for_release(load_settings(), version)
+
+
 @task(name="convert-version", retries=1, retry_delay_seconds=30)
 def convert_task(version: str) -> dict[str, Any]:
     return convert_step(load_settings(), version)
@@ -81,6 +89,9 @@ def rollout_task(version: str, service_url: str | None) -> dict[str, Any]:
 
 def _release(version: str, out: dict[str, Any], service_url: str | None) -> dict[str, Any]:
     log = get_run_logger()
+    if (compressed := compress_task(version)) is not None:
+        out["compress"] = compressed
+        log.info(f"v{version} students passed: {compressed.get('passed', compressed.get('skipped'))}")
     out["convert"] = convert_task(version)
     if not out["convert"]["parity"]["passed"]:
         log.info(f"v{version} failed conversion parity: {out['convert']['parity']['reasons']}")

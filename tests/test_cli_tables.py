@@ -89,7 +89,7 @@ def test_status_fits_80_columns_folds_instead_of_cutting_and_shows_each_rollout(
     assert rows["4"][2] == f"rolled back: {REASON}"  # folded over lines, whole when joined
     assert rows["5"][1] == "canary" and rows["5"][2] == "canary at step 2"
     said = " ".join(result.output.split())  # the caption wraps like any text
-    hidden = "golden F1, convert, snapshot, parent, redacted, MB, gc"
+    hidden = "golden F1, convert, serves, snapshot, parent, redacted, MB, gc"
     assert f"not shown at 80 columns: {hidden} (--wide shows them)" in said
 
 

@@ -91,3 +91,17 @@ def log_snapshot_inputs(snapshots_dir_or_snapshot: Path, snapshot_id: str, conte
         datasets.append((dataset, split))
     for dataset, split in datasets:
         mlflow.log_input(dataset, context=split, tags={"data_snapshot": snapshot_id})
+
+
+def free_path(registry: Any, run_id: str, path: str) -> str:
+    """`path` in the run, or `path.2`, `path.3`, ... where files are already there.
+
+    A conversion (`conversions/<key>/`) or a student (`students/<n>L/`) is logged into a new folder:
+    a crashed attempt may have left files at the planned path, and a published folder is never
+    written into again.
+    """
+    candidate, n = path, 1
+    while registry.client.list_artifacts(run_id, candidate):
+        n += 1
+        candidate = f"{path}.{n}"
+    return candidate

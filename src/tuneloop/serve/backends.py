@@ -61,8 +61,13 @@ def plan_backends(
     conversion = tags.get("conversion", "not run")
     notes: list[str] = []
     plan: list[str] = []
+    student = tags.get("serves", "teacher") != "teacher" and conversion == "passed"
     for name in preference:
-        if name == "torch":
+        if name == "torch" and student:
+            # The merged PyTorch model is the teacher: serving it where the conversion chose a
+            # student would answer from another model than the one the version says it serves.
+            notes.append(f"torch: the version serves its {tags['serves']}; the PyTorch model is the teacher")
+        elif name == "torch":
             plan.append(name)
         elif conversion != "passed":
             notes.append(f"{name}: conversion is {conversion}, so only the PyTorch merged model serves")

@@ -31,6 +31,7 @@ class LoadedModel:
     backend: str  # tensorrt, onnx-int8, onnx-fp32 or torch
     predictor: Predictor
     notes: tuple[str, ...] = ()  # why better backends stepped aside
+    model: str = "teacher"  # the version's `serves` tag: its own model, or a student ("student-3L")
 
 
 @dataclass(frozen=True)

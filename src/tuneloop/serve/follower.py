@@ -306,7 +306,12 @@ class Follower:
         def describe(model: LoadedModel | None) -> dict[str, Any] | None:
             if model is None:
                 return None
-            return {"version": model.version, "backend": model.backend, "notes": list(model.notes)}
+            return {
+                "version": model.version,
+                "model": model.model,
+                "backend": model.backend,
+                "notes": list(model.notes),
+            }
 
         age = self.sync_age()
         with self._lock:  # the poll and load threads change these dicts: copy them in one go

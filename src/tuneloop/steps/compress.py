@@ -35,7 +35,7 @@ from tuneloop.registry.store import Registry, RegistryError
 from tuneloop.steps.scratch import Scratch
 from tuneloop.steps.students import download_student, record_students
 
-__all__ = ["compress_step", "download_student", "load_version_rows"]
+__all__ = ["compress_for_release", "compress_step", "download_student", "load_version_rows"]
 
 WEIGHTS = "model.safetensors"
 
@@ -70,6 +70,21 @@ def compress_step(settings: Settings, version: str, progress: bool = False) -> d
             raise
     scratch.prune()
     return summary
+
+
+def compress_for_release(settings: Settings, version: str) -> dict[str, Any] | None:
+    """The loop's compress: build the students when policy `compress.enabled` says so and the
+    version records none yet (a resumed round does not distil twice); None when it does not run.
+
+    Called between approval and conversion, so the conversion weighs what was built."""
+    from tuneloop.steps.students import read_students_tag
+
+    policy = load_policy(settings.policy_path)
+    if policy.compress is None or not policy.compress.enabled:
+        return None
+    if read_students_tag(Registry(settings).get_version(version).tags):
+        return {"version": version, "skipped": "students already recorded", "published": False}
+    return compress_step(settings, version)
 
 
 def load_version_rows(

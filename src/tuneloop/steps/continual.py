@@ -217,10 +217,15 @@ def release_step(
     service_url: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Convert an approved version (parity gated) and roll it out."""
+    """Compress (policy `compress.enabled`), convert (parity gated, the fastest of teacher and
+    students published) and roll out an approved version."""
+    from tuneloop.steps.compress import compress_for_release
     from tuneloop.steps.convert import convert_step
 
-    out: dict[str, Any] = {"version": version, "convert": convert_step(settings, version)}
+    out: dict[str, Any] = {"version": version}
+    if (compressed := compress_for_release(settings, version)) is not None:
+        out["compress"] = compressed
+    out["convert"] = convert_step(settings, version)
     if not out["convert"]["parity"]["passed"]:
         return {**out, "outcome": "conversion_failed"}
     return {

@@ -26,7 +26,9 @@ from tuneloop.config import Settings
 from tuneloop.data import snapshot as snap
 from tuneloop.registry.policy import load_policy
 from tuneloop.registry.retention import GC_TAG
+from tuneloop.registry.runs import free_path
 from tuneloop.registry.store import Registry, RegistryError, now_iso
+from tuneloop.steps.convert_report import parity_markdown
 from tuneloop.steps.scratch import Scratch
 
 CONVERSIONS = "conversions"  # runs:/<run>/conversions/<key>/, beside the version's source model/
@@ -67,6 +69,7 @@ CONVERSION_TAGS = (
     "conversion_path",
     "conversion_at",
     "conversion_reasons",
+    "serves",
     "conversion",
 )
 # MLflow keeps tag values up to 5,000 characters in 2.x; stay well inside that.
@@ -100,6 +103,7 @@ def key_inputs(
     thresholds: dict[str, Any],
     converter_version: int,
     tensorrt: str,
+    students: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """What a conversion's key covers: model and data content, settings, policy, converter, host.
 
@@ -113,6 +117,9 @@ def key_inputs(
         "thresholds": thresholds,
         "converter": converter_version,
         "tensorrt": tensorrt,
+        # The passing students weighed against the teacher ({"3L": sha256 of its checksums.json},
+        # or a pinned choice): a student recorded after a conversion makes the next one new.
+        **({"students": students} if students else {}),
     }
 
 
@@ -122,11 +129,17 @@ def convert_step(
     calibrate: bool = True,
     tensorrt: str = "auto",
     int8_candidates: tuple[str, ...] | None = None,
+    serves: str | None = None,
 ) -> dict[str, Any]:
     """Convert `version`; reuse the recorded result when its key (see `key_inputs`) is unchanged.
 
     `int8_candidates` narrows the INT8 candidates built and timed (default: every one the converter
     knows); a restore (restore.py) names the one the version published, so the rebuild is that one.
+
+    Students: every student the version records as passed (steps/compress.py) is converted the same
+    way and timed beside the teacher (steps/convert_students.py); the fastest that passed parity is
+    what the conversion publishes, and the `serves` tag says which ("teacher" or "student-3L").
+    `serves` pins that choice instead of timing (a restore rebuilds what was published).
 
     Serialised per version through the registry lock, so two workers never interleave the tags.
     The work folder `<work_dir>/convert/v<N>/` goes once the tags are written (or the recorded
@@ -138,7 +151,7 @@ def convert_step(
     name = f"v{info.version}"  # the folder; its lock is convert-v<N>
     with registry.lock(f"convert-{name}"):
         try:
-            summary = _convert(registry, settings, info.version, calibrate, tensorrt, int8_candidates)
+            summary = _convert(registry, settings, info.version, calibrate, tensorrt, int8_candidates, serves)
         except Exception as exc:
             scratch.keep(name, exc)
             raise
@@ -154,10 +167,12 @@ def _convert(
     calibrate: bool,
     tensorrt: str,
     int8_candidates: tuple[str, ...] | None = None,
+    serves: str | None = None,
 ) -> dict[str, Any]:
     from tuneloop.convert.pipeline import CONVERTER_VERSION, convert_model
     from tuneloop.convert.quantize import texts_sha256
     from tuneloop.convert.tensorrt import tensorrt_status
+    from tuneloop.steps.convert_students import passing_students, student_of, weigh_students
 
     info = registry.get_version(version)  # read again under the lock
     snapshot_id = info.tags.get("data_snapshot")
@@ -184,8 +199,19 @@ def _convert(
         "golden_sha256": texts_sha256([json.dumps(eval_sets.get("golden", ([], [])), default=str)]),
     }
     trt = "off" if tensorrt == "off" else tensorrt_status()[1]
+    students = passing_students(info.tags)
+    if serves is not None:  # pinned: that model alone
+        pinned = student_of(serves)
+        if pinned is not None and pinned not in students:
+            raise RegistryError(f"v{info.version} records no passing {pinned} student to serve")
+        students = {pinned: students[pinned]} if pinned else {}
+    weighed = {name: entry["sha256"] for name, entry in students.items()}
+    if serves is not None:
+        weighed["pinned"] = serves
     key = conversion_key(
-        key_inputs(model_sha, data, conv, calibrate, policy.conversion.model_dump(), CONVERTER_VERSION, trt)
+        key_inputs(
+            model_sha, data, conv, calibrate, policy.conversion.model_dump(), CONVERTER_VERSION, trt, weighed
+        )
     )
     recorded_path = info.tags.get("conversion_path")
     verdict = info.tags.get("conversion") in ("passed", "failed")
@@ -203,8 +229,24 @@ def _convert(
     train = snap.load_split(folder, snapshot_id, "train")
     calibration = train["text"].tolist() if calibrate else None
     result = convert_model(merged, work / "out", calibration, eval_sets, policy.conversion, conv)
-
+    served = None
+    if students and result.parity.passed:  # a teacher that fails parity serves nothing, nor do students
+        result, served = weigh_students(
+            settings,
+            info.version,
+            result,
+            students,
+            serves,
+            merged,
+            work,
+            calibration,
+            eval_sets,
+            policy.conversion,
+            conv,
+        )
     summary = _summary(info.version, result, snapshot_id)
+    if served is not None:
+        summary["served"] = served
     _record(registry, info, result, summary, key)
     shutil.rmtree(work / "input", ignore_errors=True)
     return summary
@@ -265,85 +307,6 @@ def _plain(value: Any) -> Any:
     return value.to_dict() if hasattr(value, "to_dict") else value
 
 
-def parity_markdown(summary: dict[str, Any]) -> str:
-    """The parity table shown on the model version page of the MLflow UI."""
-    engine = summary["tensorrt"]
-    trt_line = engine.get("status") or engine.get("skipped") or "built"
-    lines = [
-        f"**Conversion {'passed' if summary['parity']['passed'] else 'FAILED'}** "
-        f"({summary['quantization']} INT8; TensorRT: {trt_line})",
-        "",
-        "| set | rows | fp32 max abs dlogit | torch macro-F1 | INT8 macro-F1 | drop (pts) | agreement |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for name, s in summary["parity"]["sets"].items():
-        lines.append(
-            f"| {name} | {s['n']} | {s['fp32_max_abs_logit_diff']:.2e} | {s['torch_macro_f1']:.4f} | "
-            f"{_fmt(s['int8_macro_f1'])} | {_fmt(s['int8_macro_f1_drop_points'], 2)} | "
-            f"{_fmt(s['int8_argmax_agreement'])} |"
-        )
-    lines += [""] + [f"- {reason}" for reason in summary["parity"]["reasons"]]
-    lines += _candidate_lines(summary)
-    if engine.get("parity"):
-        lines += [
-            "",
-            "| TensorRT engine vs fp32 | rows | macro-F1 | drop (pts) | agreement | max abs dlogit |",
-            "| --- | --- | --- | --- | --- | --- |",
-        ]
-        for name, e in engine["parity"].items():
-            lines.append(
-                f"| {name} | {e['n']} | {_fmt(e['macro_f1'])} | {_fmt(e['macro_f1_drop_points'], 2)} | "
-                f"{_fmt(e['argmax_agreement'])} | {_fmt(e['max_abs_logit_diff'], 3)} |"
-            )
-    return "\n".join(lines)
-
-
-def _candidate_lines(summary: dict[str, Any]) -> list[str]:
-    """Each INT8 candidate's parity and serving-shape latency, and which one publishes and serves."""
-    candidates = summary.get("int8_candidates") or []
-    if not candidates:
-        return []
-    choice = summary.get("int8_choice") or {}
-    lines = [
-        "",
-        "| INT8 candidate | parity | agreement (min) | p50 ms (best threads) | MB | chosen |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for c in candidates:
-        agreement = [a for a in (c.get("agreement") or {}).values() if a is not None]
-        timings = c.get("p50_ms") or {}
-        best = min(timings.items(), key=lambda kv: kv[1]) if timings else None
-        lines.append(
-            f"| {c['name']} | {'passed' if c.get('parity_passed') else 'FAILED'} | "
-            f"{_fmt(min(agreement) if agreement else None)} | "
-            f"{f'{best[1]:.2f} ({best[0]})' if best else '-'} | {c.get('bytes', 0) / 1e6:.1f} | "
-            f"{'yes' if c['name'] == choice.get('chosen') else ''} |"
-        )
-    if choice:
-        ratio = choice.get("ratio_to_fp32")
-        lines += [
-            "",
-            f"Serves **{choice.get('serve', '?')}**"
-            + (f" ({choice['chosen']}, {ratio:.2f}x fp32 latency)" if choice.get("chosen") and ratio else ""),
-        ]
-        lines += [f"- {reason}" for reason in choice.get("reasons", [])]
-    return lines
-
-
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _free_path(registry: Registry, run_id: str, path: str) -> str:
-    """`path`, or `path.2`, `path.3`, ... if a crashed earlier attempt left files there: a
-    published folder is never written into again."""
-    candidate, n = path, 1
-    while registry.client.list_artifacts(run_id, candidate):
-        n += 1
-        candidate = f"{path}.{n}"
-    return candidate
-
-
 def _record(registry: Registry, info: Any, result: Any, summary: dict[str, Any], key: str) -> None:
     """Log the files to a new `conversions/<key>/`, then the tags; `conversion` goes last."""
     if info.run_id is None:
@@ -357,7 +320,7 @@ def _record(registry: Registry, info: Any, result: Any, summary: dict[str, Any],
         shutil.copy2(out / name, staging / name)
     (staging / SUMMARY).write_text(json.dumps(summary, indent=2))
     (staging / "parity.md").write_text(parity_markdown(summary))
-    path = _free_path(registry, run_id, f"{CONVERSIONS}/{key}")
+    path = free_path(registry, run_id, f"{CONVERSIONS}/{key}")
     client.log_artifacts(run_id, str(staging), path)
     shutil.rmtree(staging, ignore_errors=True)
     for set_name, figures in summary["parity"]["sets"].items():
@@ -374,6 +337,8 @@ def _record(registry: Registry, info: Any, result: Any, summary: dict[str, Any],
         # The converter publishes the fastest INT8 that passed parity, but serves it only when it
         # also beat fp32 on this host at the serving shape; readers (service, pyfunc) obey this tag.
         tags["int8_serve"] = "fp32" if choice.get("serve") == "fp32" else "int8"
+    if summary.get("served"):
+        tags["serves"] = summary["served"]["serves"]
     tags.update(
         {
             "conversion_key": key,

@@ -9,9 +9,12 @@ points at (MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI):
     every file of the downloaded folder ─> sha256 vs checksums.json, checksums.json vs the
         checksums_sha256 tag, weights vs their sha256 tags
     conversion=passed ─> conversions/<key>/model.int8.onnx vs int8_sha256 ─> ORT INT8
+        (the graphs of whichever model the conversion chose: the version's own or a student of it,
+        tag `serves`; a student's graph answers with the labels of merged/, which are its own)
         (unless int8_serve=fp32: the conversion timed INT8 no faster than fp32 on its host)
     then, or when INT8 fails to load ─> model.opt.onnx vs onnx_opt_sha256 ─> ORT fp32
-    conversion not passed, or no ONNX graph loads ─> the merged PyTorch model
+    conversion not passed, or no ONNX graph loads ─> the merged PyTorch model (never for a version
+        that serves a student: that model is the teacher, not what the version says it serves)
 
 A file that fails its checksum refuses the version; only another failure lets the next backend try.
 The backends and the choice between them are serving's (`tuneloop.serve.backends`), so the MLflow
@@ -156,6 +159,7 @@ class LoadedVersion:
     backend: str
     predictor: Any  # tuneloop.serve.bundle.Predictor
     notes: tuple[str, ...]
+    model: str = "teacher"  # the `serves` tag: the version's own model or one of its students
 
 
 def folder_problems(model_dir: Path, tags: Mapping[str, str]) -> list[str]:
@@ -303,10 +307,12 @@ def load_version(model_dir: Path, config: Mapping[str, Any]) -> LoadedVersion:
         except Exception as exc:  # a backend that cannot load steps aside for the next, as in serving
             notes.append(f"{backend}: failed to load: {type(exc).__name__}: {exc}")
             continue
-        loaded = LoadedVersion(version, backend, predictor, tuple(notes))
+        serves = tags.get("serves", "teacher") if backend != "torch" else "teacher"
+        loaded = LoadedVersion(version, backend, predictor, tuple(notes), serves)
         log.warning(
-            "tuneloop MLflow Model: v%s loaded with %s%s",
+            "tuneloop MLflow Model: v%s (%s) loaded with %s%s",
             version,
+            serves,
             backend,
             f" ({'; '.join(notes)})" if notes else "",
         )

@@ -69,7 +69,10 @@ def restore_step(settings: Settings, version: str, by: str | None = None) -> dic
             # names it): the converter would otherwise time every candidate again and might pick
             # another on a noisy host.
             chosen = _recorded_choice(registry, info.run_id, info.tags["conversion_path"])
-            conversion = convert_step(settings, info.version, int8_candidates=chosen)
+            # And the model: a version that served a student rebuilds that student's graphs.
+            conversion = convert_step(
+                settings, info.version, int8_candidates=chosen, serves=info.tags.get("serves")
+            )
         after = registry.get_version(info.version).tags
         graphs = {
             tag: {"before": sha, "after": after.get(tag), "same": after.get(tag) == sha}

@@ -125,7 +125,8 @@ class RegistrySource:
             work = Path(tempfile.mkdtemp(prefix=f"v{version}-{backend}-", dir=self.cache))
             try:
                 predictor = self._load(backend, info, work)
-                return LoadedModel(version, backend, predictor, tuple(notes))
+                serves = info.tags.get("serves", "teacher") if backend != "torch" else "teacher"
+                return LoadedModel(version, backend, predictor, tuple(notes), serves)
             except IntegrityError:
                 raise
             except Exception as exc:

@@ -109,6 +109,14 @@ def rollout_outcome(tags: Mapping[str, str], in_flight_step: int | None = None) 
     return "-"
 
 
+def serves_line(tags: Mapping[str, str]) -> str:
+    """The model and form a version's conversion serves ("student-3L int8"), "-" before one passed."""
+    if tags.get("conversion") != "passed":
+        return "-"
+    form = "int8" if tags.get("int8_sha256") and tags.get("int8_serve") != "fp32" else "fp32"
+    return f"{tags.get('serves', 'teacher')} {form}"
+
+
 def registry_status(settings: Settings) -> dict[str, Any]:
     """Registered versions with aliases, approval, gate result, key metrics and rollout outcome."""
     from tuneloop.registry.store import Registry
@@ -134,6 +142,8 @@ def registry_status(settings: Settings) -> dict[str, Any]:
                 "macro_f1": info.metric("new.macro_f1"),
                 "golden_macro_f1": info.metric("golden.macro_f1"),
                 "conversion": info.tags.get("conversion", "-"),
+                # What a passed conversion serves: "teacher int8", "student-3L int8", ... (convert.py).
+                "serves": serves_line(info.tags),
                 "rollout": rollout_outcome(info.tags, step),
                 "personal_data": json.loads(info.tags.get("personal_data", "{}")),
                 # Bytes its run stores, and what gc would free now or why it keeps the version.

@@ -27,8 +27,8 @@ from typing import Any
 
 from tuneloop.config import Settings
 from tuneloop.files import sha256_file
+from tuneloop.registry.runs import free_path
 from tuneloop.registry.store import Registry, RegistryError
-from tuneloop.steps.convert import _free_path
 
 STUDENTS = "students"  # runs:/<run>/students/<n>L/
 TAG = "students"
@@ -57,7 +57,7 @@ def record_students(
     for student in built:
         folder = staging / f"{student['depth']}L"
         sums = _stage(Path(student["path"]), Path(teacher_dir), folder, student)
-        path = _free_path(registry, info.run_id, f"{STUDENTS}/{student['depth']}L")
+        path = free_path(registry, info.run_id, f"{STUDENTS}/{student['depth']}L")
         registry.client.log_artifacts(info.run_id, str(folder), path)
         entries[str(student["depth"])] = _entry(student, path, sums)
     shutil.rmtree(staging, ignore_errors=True)
