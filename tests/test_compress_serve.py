@@ -230,3 +230,25 @@ def test_the_next_round_continues_from_the_teacher_never_the_student(served):
     config = registry.download(child.version, "merged/config.json", root / "child", verify=True)
     assert json.loads(Path(config).read_text())["num_hidden_layers"] == 4
     assert "students" not in child.tags and "serves" not in child.tags
+
+
+def test_a_pinned_conversion_rebuilds_the_served_student_without_timing(served, monkeypatch):
+    """What `tuneloop restore` asks for: the model the version published, not a new race."""
+    from tuneloop.registry.store import Registry
+    from tuneloop.steps.convert import convert_step
+
+    settings, version, _, _ = served
+    before = Registry(settings).get_version(version).tags
+
+    def no_timing(*_a, **_k):
+        raise AssertionError("a pinned conversion times nothing between teacher and students")
+
+    monkeypatch.setattr("tuneloop.convert.timing.time_models", no_timing)
+    monkeypatch.setattr("tuneloop.convert.variants.time_models", _fake_timings)
+    again = convert_step(settings, version, tensorrt="off", serves="student-2L")
+    after = Registry(settings).get_version(version).tags
+    assert again["served"]["pinned"] and after["serves"] == "student-2L"
+    assert after["conversion_key"] != before["conversion_key"]  # the pin is part of the key
+    assert after["onnx_opt_sha256"] == before["onnx_opt_sha256"]  # the same student's fp32 graph
+    with pytest.raises(Exception, match="no passing 3L student"):
+        convert_step(settings, version, tensorrt="off", serves="student-3L")

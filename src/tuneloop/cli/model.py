@@ -236,7 +236,10 @@ def _render_compress(r: dict[str, Any]) -> None:
     for s in r["students"]:
         if "recorded" in s:
             out.print(f"  depth {s['depth']}: recorded at {s['recorded']['path']} on v{r['version']}'s run")
-    out.print("Not served: publishing the chosen student to serving is the next slice.")
+    out.print(
+        f"Next: `tuneloop convert {r['version']}` weighs the passing students beside the teacher and "
+        "publishes the fastest (tag `serves`)."
+    )
 
 
 def demo(as_json: JsonOpt = False) -> None:

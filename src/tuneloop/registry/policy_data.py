@@ -99,6 +99,11 @@ LINEAGE_EXAMPLES = (
     "snapshot/manifest.json",
     "conversions/k/conversion_summary.json",
     "conversions/k/parity.md",
+    # A student's weights are the output of a distillation, which is not rebuilt bit for bit (as
+    # the adapter is not): they are kept with its record, and the version's graphs rebuilt from them.
+    "students/3L/model.safetensors",
+    "students/3L/checksums.json",
+    "students/3L/judgement.json",
 )
 
 

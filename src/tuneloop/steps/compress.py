@@ -10,10 +10,10 @@ student learns from exactly what its teacher learnt from, continual-learning reh
 
 Each built student, passed or refused, is then recorded on its version (steps/students.py): its
 files under `runs:/<run>/students/<n>L/` with their checksums and judgement, and the version tag
-`students` last; `download_student` reads one back verified. Nothing here serves a student:
-converting the passing ones and publishing the chosen student to serving is the next slice of
-issue 25. The built folders stay in `<work_dir>/compress/v<N>/students/depth-<d>/` until the scratch
-folders are pruned (scratch.py).
+`students` last; `download_student` reads one back verified. Nothing here serves a student: the
+conversion (steps/convert.py, steps/convert_students.py) converts the passing ones, times them
+beside the teacher and publishes the fastest. The built folders stay in
+`<work_dir>/compress/v<N>/students/depth-<d>/` until the scratch folders are pruned (scratch.py).
 """
 
 from __future__ import annotations

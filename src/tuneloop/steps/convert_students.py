@@ -156,8 +156,14 @@ def weigh_students(
     if serves is not None:  # pinned (restore): no timing, the recorded choice
         name = student_of(serves) or TEACHER
         result = converted.get(name, teacher)
-        served = {"serves": serves, "pinned": True, "choice": {"chosen": name, "reasons": ["pinned"]}}
-        return result, {**served, "models": [], "teacher_fp32_p50_ms": {}}
+        choice = {"chosen": name, "form": served_form(result)[0], "reasons": [f"pinned: {serves}"]}
+        return result, {
+            "serves": serves,
+            "pinned": True,
+            "choice": choice,
+            "models": [],
+            "teacher_fp32_p50_ms": {},
+        }
     texts = list(eval_sets.get("eval", next(iter(eval_sets.values())))[0])
     served = choose_what_serves(teacher, converted, merged, texts, conv)
     chosen = served["choice"]["chosen"]
