@@ -216,7 +216,7 @@ def compressed(trained):
 
 
 def test_compress_step_distils_and_judges_each_depth(trained, compressed):
-    _, version, _ = trained
+    settings, version, _ = trained
     r = compressed
     assert r["version"] == version and r["published"] is False  # recorded, not served
     # 3 labels x 40 rows, 80% trained on; a first round replays nothing.
@@ -235,7 +235,7 @@ def test_compress_step_distils_and_judges_each_depth(trained, compressed):
             assert scores["teacher"] == pytest.approx(teacher["macro_f1"][name], abs=1e-6)
         assert isinstance(s["passed"], bool) and s["passed"] == (s["reasons"] == [])
         assert s["distill"]["steps"] > 0 and s["seconds"] > 0
-        folder = Path(s["path"])
+        folder = _stored(settings, version, s["recorded"]["path"])  # the scratch copy is gone
         assert json.loads((folder / "student.json").read_text())["layers"] == s["layers"]
         config = json.loads((folder / "config.json").read_text())
         assert config["num_hidden_layers"] == depth
@@ -279,8 +279,16 @@ def test_compress_step_records_each_student_on_its_version(trained, compressed, 
         assert {"model.safetensors", "config.json", "labels.json", "student.json", "judgement.json"} <= set(
             stored
         )
-        # The tokenizer is the teacher's byte for byte: stored once, in model/merged/.
+        # The tokenizer is the teacher's byte for byte: stored once, in model/merged/. So are the
+        # frozen word embeddings: the stored weights hold every other tensor, not that one.
         assert "tokenizer.json" in sums["from_merged"] and not set(sums["from_merged"]) & set(stored)
+        embeddings = "bert.embeddings.word_embeddings.weight"
+        assert list(sums["from_merged_tensors"]) == [embeddings]
+        from safetensors import safe_open
+
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as weights:
+            kept = set(weights.keys())
+        assert embeddings not in kept and "classifier.weight" in kept
         judgement = json.loads((folder / "judgement.json").read_text())
         assert judgement["passed"] == student["passed"] and judgement["reasons"] == student["reasons"]
         assert judgement["layers"] == student["layers"] and "sets" in judgement["verdict"]

@@ -37,6 +37,8 @@ def tiny_demo_policy(tmp_path: Path) -> Path:
     data["canary"].update(
         max_prediction_drift=1.0, max_shadow_disagreement=1.0, max_macro_f1_drop_points=100.0
     )
+    # The tiny model has 2 layers: a 1-layer student (the demo's 3 would be skipped), one epoch.
+    data["compress"].update(depths=[1], epochs=1)
     path = tmp_path / "policy.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -79,6 +81,15 @@ def test_demo_promotes_through_the_canary_and_rolls_back_the_bad_candidate(
     assert "error rate" in bad["decision"]
     assert bad["traffic"]["failed_requests"] == 0 and bad["traffic"]["champion_model_errors"] == 0
     assert result["champion_errors"] == 0
+    # Every version that passed its gates was compressed before its conversion, and the demo says
+    # what serves each converted one and how fast against the teacher.
+    compressed = [line for line in lines if line.strip().startswith("compress: 1L ")]
+    assert len(compressed) == len([r for r in result["rounds"] if r["drop"] != "fault"]), lines
+    converted = [r for r in result["rounds"] if r["drop"] != "fault" and "int8_agreement" in r["metrics"]]
+    assert converted and all("serves" in r for r in converted)
+    for r in converted:
+        assert r["serves"].split()[0] in ("teacher", "student-1L") and "the teacher's fp32" in r["serves"]
+    assert sum(line.strip().startswith("serves: ") for line in lines) == len(converted)
     for r in result["rounds"]:
         assert {"version", "metrics", "outcome"} <= set(r)
         assert r["outcome"] in {"promoted", "rolled_back", "refused"}

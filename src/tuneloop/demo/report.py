@@ -78,7 +78,52 @@ def render_table(rounds: list[dict[str, Any]]) -> list[str]:
             figure(m.get("golden_macro_f1")),
             r["outcome"],
         )
-        decision = wrap(r.get("decision", ""), width=WIDTH - _INDENT, more="")
+        text = r.get("decision", "") + (f"; serves {r['serves']}" if r.get("serves") else "")
+        decision = wrap(text, width=WIDTH - _INDENT, more="")
         lines.append(_row(cells) + decision[0])
         lines += [" " * _INDENT + more for more in decision[1:]]
     return [line.rstrip() for line in lines]
+
+
+def students_line(compressed: dict[str, Any]) -> str:
+    """One line per compress summary: each student passed or refused, with its worst figures."""
+    if compressed.get("skipped"):
+        return str(compressed["skipped"])
+    parts = []
+    for s in compressed["students"]:
+        if s.get("skipped"):
+            continue
+        drop = max(f["teacher"] - f["student"] for f in s["macro_f1"].values()) * 100
+        agreement = min(s["agreement"].values())
+        verdict = "passed" if s["passed"] else f"refused ({s['reasons'][0]})"
+        parts.append(
+            f"{s['depth']}L {verdict}: macro-F1 drop {drop:.1f} pts against the teacher, agreement "
+            f"{agreement:.3f}, {s['seconds']:.0f} s"
+        )
+    return "; ".join(parts) or "no student below the teacher's depth"
+
+
+def serves_line(converted: dict[str, Any]) -> str:
+    """What a conversion serves and its speed against the teacher's fp32, on a short text."""
+    served = converted.get("served")
+    if not served or not served.get("models"):  # no student weighed (or a pinned rebuild)
+        choice = converted.get("int8_choice") or {}
+        form = choice.get("serve", "fp32")
+        ratio = choice.get("ratio_to_fp32") if form == "int8" else 1.0
+        threads = choice.get("threads")
+        if ratio is None or threads is None:
+            return f"teacher {form}"
+        return f"teacher {form}, p50 {ratio:.2f}x the teacher's fp32 ({_threads(threads)})"
+    c = served["choice"]
+    threads = c.get("threads")
+    line = f"{served['serves']} {c.get('form', '')}".rstrip()
+    if c.get("ratio_to_teacher_fp32") is not None:
+        line += f", p50 {c['ratio_to_teacher_fp32']:.2f}x the teacher's fp32"
+        if served["serves"] != "teacher" and c.get("ratio_to_teacher") is not None:
+            line += f" and {c['ratio_to_teacher']:.2f}x the teacher as it would serve"
+        line += f" ({_threads(threads)})"
+    return line
+
+
+def _threads(count: int | None) -> str:
+    return f"short text, {count} thread{'' if count == 1 else 's'}"

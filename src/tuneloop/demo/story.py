@@ -124,6 +124,8 @@ def _round(
     train_overrides: dict[str, Any],
 ) -> dict[str, Any]:
     """Train on the snapshot, gate, convert, then promote the first version or canary a later one."""
+    from tuneloop.demo.report import serves_line, students_line
+    from tuneloop.steps.compress import compress_for_release
     from tuneloop.steps.convert import convert_step
     from tuneloop.steps.release import promote_step, release_problems
     from tuneloop.steps.round import train_step
@@ -150,7 +152,12 @@ def _round(
         more = f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else ""
         first = reasons[0].split(": ")[0] if reasons else "refused"
         return {**row, "outcome": "refused", "decision": f"gate: {first}{more}", "reasons": reasons}
+    compressed = compress_for_release(settings, version)  # policy `compress.enabled`
+    if compressed is not None:
+        _say(say, "compress: " + students_line(compressed), "  ")
     converted = convert_step(settings, version)
+    row["serves"] = serves_line(converted)
+    _say(say, "serves: " + row["serves"], "  ")
     sets = converted["parity"]["sets"]
     agreement = min(s["int8_argmax_agreement"] or 0.0 for s in sets.values())
     metrics["int8_agreement"] = agreement

@@ -12,8 +12,8 @@ Each built student, passed or refused, is then recorded on its version (steps/st
 files under `runs:/<run>/students/<n>L/` with their checksums and judgement, and the version tag
 `students` last; `download_student` reads one back verified. Nothing here serves a student: the
 conversion (steps/convert.py, steps/convert_students.py) converts the passing ones, times them
-beside the teacher and publishes the fastest. The built folders stay in
-`<work_dir>/compress/v<N>/students/depth-<d>/` until the scratch folders are pruned (scratch.py).
+beside the teacher and publishes the fastest. The work folder `<work_dir>/compress/v<N>/` goes
+once the students are recorded and stays when the step fails (scratch.py).
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def compress_step(settings: Settings, version: str, progress: bool = False) -> d
         except Exception as exc:
             scratch.keep(name, exc)
             raise
+        scratch.remove_held(name)  # every student is recorded on the version's run now
     scratch.prune()
     return summary
 
@@ -254,6 +255,7 @@ def _compress(
     # Files first, the version's `students` tag last (steps/students.py).
     recorded = record_students(registry, info.version, Path(teacher_dir), students, work / "publish")
     for student in students:
+        student.pop("path", None)  # the scratch folder goes once recorded: read it back from the run
         if str(student["depth"]) in recorded:
             student["recorded"] = recorded[str(student["depth"])]
     return {

@@ -9,11 +9,15 @@ version's run, beside `model/` and `conversions/`:
 
 The tokenizer files a depth student shares with its teacher are not stored twice: checksums.json
 lists them under `from_merged` with their sha256, and a reader takes them from the version's
-model/merged/ (itself verified against the version's root checksums). The version tag `students`
-holds, per depth, where the folder is and the sha256 of its checksums.json, so the tag anchors every
-byte. Files are written first and the tag last: a crash leaves no tag naming missing files, and a
-re-run logs to a fresh folder (`students/3L.2`) rather than into one a tag may already name.
-Refused students are recorded too, with why; nothing here serves one.
+model/merged/ (itself verified against the version's root checksums). Nor are the weight tensors it
+shares byte for byte (the frozen word embeddings, distillation.py): the stored model.safetensors
+holds the others, checksums.json lists the shared ones under `from_merged_tensors` with the sha256
+of their bytes, and `download_student` puts them back from merged/model.safetensors, each checked.
+The version tag `students` holds, per depth, where the folder is and the sha256 of its
+checksums.json, so the tag anchors every byte. Files are written first and the tag last: a crash
+leaves no tag naming missing files, and a re-run logs to a fresh folder (`students/3L.2`) rather
+than into one a tag may already name. Refused students are recorded too, with why; nothing here
+serves one.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ JUDGEMENT = "judgement.json"
 # Stored for every student whatever the teacher holds: what makes it this student, and its labels
 # (a few hundred bytes) so the folder names what it answers without the teacher's.
 OWN_FILES = ("model.safetensors", "config.json", "labels.json", "student.json")
+WEIGHTS = "model.safetensors"
 
 
 def record_students(
@@ -108,6 +113,9 @@ def download_student(settings: Settings, version: str, depth: int, dst: Path | N
                 if sha256_file(local) != sha:
                     problems.append(f"merged/{name}: sha256 {sha256_file(local)}, the student recorded {sha}")
                 local.rename(folder / name)
+            if recorded.get("from_merged_tensors") and not problems:
+                local = registry.download(info.version, f"merged/{WEIGHTS}", folder / ".merged", verify=True)
+                problems += _join_weights(folder / WEIGHTS, local, recorded["from_merged_tensors"])
             shutil.rmtree(folder / ".merged", ignore_errors=True)
     except Exception:
         shutil.rmtree(folder, ignore_errors=True)
@@ -127,10 +135,13 @@ def _stage(student_dir: Path, teacher_dir: Path, out: Path, student: dict[str, A
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     shared: dict[str, str] = {}
+    tensors: dict[str, str] = {}
     for path in sorted(p for p in student_dir.iterdir() if p.is_file()):
         sha = sha256_file(path)
         twin = teacher_dir / path.name
-        if path.name not in OWN_FILES and twin.is_file() and sha256_file(twin) == sha:
+        if path.name == WEIGHTS and twin.is_file():
+            tensors = _split_weights(path, twin, out / path.name)
+        elif path.name not in OWN_FILES and twin.is_file() and sha256_file(twin) == sha:
             shared[path.name] = sha  # the teacher's tokenizer file, byte for byte: read from merged/
         else:
             shutil.copy2(path, out / path.name)
@@ -142,7 +153,7 @@ def _stage(student_dir: Path, teacher_dir: Path, out: Path, student: dict[str, A
     judgement["distill"] = student["distill"]
     (out / JUDGEMENT).write_text(json.dumps(judgement, indent=2, sort_keys=True) + "\n")
     files = {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.is_file()}
-    sums = {"files": files, "from_merged": shared}
+    sums = {"files": files, "from_merged": shared, "from_merged_tensors": tensors}
     (out / SUMS).write_text(json.dumps(sums, indent=2, sort_keys=True) + "\n")
     return {"sha256": sha256_file(out / SUMS), **sums}
 
@@ -181,4 +192,49 @@ def _check_folder(folder: Path, sums_sha256: str) -> list[str]:
         for name, sha in sorted(recorded.items())
         if name in actual and actual[name] != sha
     ]
+    return problems
+
+
+def _tensor_sha(tensor: Any) -> str:
+    """sha256 of a tensor's raw bytes (any dtype: viewed as bytes, not converted)."""
+    import torch
+
+    return hashlib.sha256(tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def _split_weights(student: Path, teacher: Path, out: Path) -> dict[str, str]:
+    """Write to `out` the student's tensors that differ from the teacher's; {name: sha256} of the rest."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    own = load_file(str(student))
+    with safe_open(str(teacher), framework="pt") as theirs:
+        names = set(theirs.keys())
+        shared = {
+            name: _tensor_sha(tensor)
+            for name, tensor in own.items()
+            if name in names and torch.equal(theirs.get_tensor(name), tensor)
+        }
+    save_file({n: t for n, t in own.items() if n not in shared}, str(out), metadata={"format": "pt"})
+    return shared
+
+
+def _join_weights(partial: Path, teacher: Path, shared: dict[str, str]) -> list[str]:
+    """Put the shared tensors back into `partial` from the teacher's file; problems when one differs."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(partial))
+    problems = []
+    with safe_open(str(teacher), framework="pt") as theirs:
+        names = set(theirs.keys())
+        for name, sha in sorted(shared.items()):
+            tensor = theirs.get_tensor(name) if name in names else None
+            if tensor is None or _tensor_sha(tensor) != sha:
+                problems.append(f"merged/{WEIGHTS} tensor {name}: not the one the student recorded ({sha})")
+            else:
+                tensors[name] = tensor
+    if not problems:
+        save_file(tensors, str(partial), metadata={"format": "pt"})
     return problems
