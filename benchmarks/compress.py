@@ -62,6 +62,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=40, help="timed calls per model, shape, threads")
     parser.add_argument("--test-limit", type=int, default=0, help="test texts used (0: all 3,080)")
     parser.add_argument("--quick", action="store_true", help="770 test texts, 20 timed calls")
+    parser.add_argument("--ffn-keep", type=float, default=None, help="policy compress.ffn_keep (width)")
+    parser.add_argument("--epochs", type=int, default=None, help="policy compress.epochs")
+    parser.add_argument(
+        "--recompress",
+        action="store_true",
+        help="keep the teacher of the last run in --work (its run.json) and distil its students again "
+        "with these flags; they are recorded beside the earlier ones",
+    )
     parser.add_argument(
         "--reuse",
         action="store_true",
@@ -84,11 +92,15 @@ def setup(args: argparse.Namespace) -> Any:
 
     from tuneloop.config import load_settings
 
-    if not args.reuse:
+    if not (args.reuse or args.recompress):
         shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True, exist_ok=True)
     policy = yaml.safe_load((REPO / "registry" / "policy.yaml").read_text())
     policy["compress"] |= {"enabled": True, "depths": args.depths}
+    if args.ffn_keep is not None:
+        policy["compress"]["ffn_keep"] = args.ffn_keep
+    if args.epochs is not None:
+        policy["compress"]["epochs"] = args.epochs
     (args.work / "policy.yaml").write_text(yaml.safe_dump(policy))
     texts, labels = stratified(*read_split(args.data, "train"), args.per_class)
     drop = args.work / "banking77-train.csv"
@@ -159,15 +171,20 @@ def main() -> None:
         version, train_s, compress_s = run["version"], run["seconds"]["train"], run["seconds"]["compress"]
         compressed = {"rows": run["rows"], "students": run["students"]}
     else:
-        ingest_step(settings, [drop])
-        trained, train_s = timed(train_step, settings, progress=True)
-        version = trained["version"]
-        print(f"v{version} trained in {train_s:.0f} s", flush=True)
+        if args.recompress:
+            run = json.loads(record.read_text())
+            version, train_s = run["version"], run["seconds"]["train"]
+        else:
+            ingest_step(settings, [drop])
+            trained, train_s = timed(train_step, settings, progress=True)
+            version = trained["version"]
+            print(f"v{version} trained in {train_s:.0f} s", flush=True)
         compressed, compress_s = timed(compress_step, settings, version, progress=True)
         seconds = {"train": round(train_s, 1), "compress": round(compress_s, 1)}
         keep = (
             "depth",
             "layers",
+            "ffn",
             "passed",
             "reasons",
             "params_over_teacher",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -363,3 +364,51 @@ def test_compress_command_prints_json_and_refuses_a_policy_without_the_section(t
     monkeypatch.setenv("TUNELOOP_POLICY_PATH", str(bare))
     result = CliRunner().invoke(app, ["compress", version])
     assert result.exit_code == 2 and "no `compress` section" in " ".join(result.output.split())
+
+
+def test_width_pruning_removes_whole_ffn_neurons_and_the_student_saves_and_loads(teacher_dir, tmp_path):
+    from tuneloop.compress import count_parameters, prune_ffn
+
+    teacher, tokenizer, labels = load_teacher(teacher_dir)
+    student = build_depth_student(teacher, [0, 3])
+    texts = _rows(20)
+    soft = predict_logits(teacher, tokenizer, texts)
+    before_params, width = count_parameters(student), student.config.intermediate_size
+    ffn = prune_ffn(student, tokenizer, texts, soft, 0.5, batch_size=8)
+    assert ffn == {"before": width, "after": width // 2}
+    for layer in student.bert.encoder.layer:  # dense, smaller: not a mask over the old shapes
+        assert layer.intermediate.dense.weight.shape == (width // 2, student.config.hidden_size)
+        assert layer.output.dense.weight.shape == (student.config.hidden_size, width // 2)
+        assert layer.attention.self.query.out_features == student.config.hidden_size  # heads kept
+    assert count_parameters(student) < before_params
+    logits = predict_logits(student, tokenizer, texts)
+    folder = save_student(student, teacher_dir, tmp_path / "pruned", [0, 3], 4)
+    again, _, again_labels = load_teacher(folder)
+    assert again.config.intermediate_size == width // 2 and again_labels == labels
+    assert np.allclose(predict_logits(again, tokenizer, texts), logits, atol=1e-5)
+    # The importance is the data's: the neurons kept on other rows are not the same ones.
+    other = build_depth_student(teacher, [0, 3])
+    flipped = [t[::-1] + " zz" for t in texts]
+    prune_ffn(
+        other, tokenizer, flipped, predict_logits(teacher, tokenizer, flipped), 0.5, batch_size=8, seed=1
+    )
+    first = student.bert.encoder.layer[0].intermediate.dense.weight
+    assert not torch.equal(first, other.bert.encoder.layer[0].intermediate.dense.weight)
+    with pytest.raises(ValueError, match="keep must be"):
+        prune_ffn(other, tokenizer, texts, soft, 0.0)
+
+
+def test_compress_step_builds_a_pruned_student_when_the_policy_asks(trained):
+    from tuneloop.registry.store import Registry
+    from tuneloop.steps.compress import compress_step, download_student
+    from tuneloop.steps.students import read_students_tag
+
+    settings, version, root = trained
+    policy = _policy(root, depths=[1], epochs=1, learning_rate=1e-3, ffn_keep=0.5)
+    r = compress_step(settings.model_copy(update={"policy_path": policy}), version)
+    (student,) = r["students"]
+    width = student["ffn"]["before"]
+    assert student["ffn"] == {"before": width, "after": width // 2}
+    assert read_students_tag(Registry(settings).get_version(version).tags)["1"]["ffn"] == width // 2
+    model, _, _ = load_teacher(download_student(settings, version, 1))
+    assert model.config.intermediate_size == width // 2 and model.config.num_hidden_layers == 1

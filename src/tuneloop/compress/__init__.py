@@ -4,7 +4,8 @@
 
     from tuneloop.compress import choose_layers, build_depth_student, distill, judge_student
 
-Depth students keep some of the teacher's encoder layers (depth.py), learn from the teacher's
+Depth students keep some of the teacher's encoder layers (depth.py), may lose the feed-forward
+neurons the round's data leans on least (width.py, Torch-Pruning), learn from the teacher's
 logits (distillation.py) and are judged against it on plain predictions (judge.py). What they take and
 give is plain: a model folder in the layout the convert stage exports, and lists of labels.
 """
@@ -29,6 +30,7 @@ _LAZY = {
     "distill": "tuneloop.compress.distillation",
     "predict_logits": "tuneloop.compress.distillation",
     "kl_to_teacher": "tuneloop.compress.distillation",
+    "prune_ffn": "tuneloop.compress.width",
 }
 
 __all__ = [

@@ -233,6 +233,13 @@ class CompressPolicy(_Section):
         description="Weight of the MSE between a student's layer outputs and the teacher's at the kept "
         "layers; 0 leaves the term out.",
     )
+    ffn_keep: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="Share of each layer's feed-forward neurons a student keeps, the least important on "
+        "the round's data pruned before distillation (compress/width.py); 1 prunes none.",
+    )
 
     @field_validator("depths")
     @classmethod

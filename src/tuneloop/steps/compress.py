@@ -143,6 +143,7 @@ def _compress(
         load_teacher,
         macro_f1,
         predict_logits,
+        prune_ffn,
         save_student,
         teacher_depth,
     )
@@ -208,6 +209,17 @@ def _compress(
         tick = time.perf_counter()
         layers = choose_layers(depth, student_depth)
         student = build_depth_student(teacher, layers)
+        # Width: the FFN neurons the round's rows lean on least go before the student learns.
+        ffn = prune_ffn(
+            student,
+            tokenizer,
+            texts,
+            soft,
+            cp.ffn_keep,
+            temperature=cp.temperature,
+            max_length=settings.max_length,
+            seed=settings.seed,
+        )
         hidden = cp.hidden_state_weight > 0
         result = distill(
             student,
@@ -236,6 +248,7 @@ def _compress(
             {
                 "depth": student_depth,
                 "layers": layers,
+                "ffn": ffn,
                 "params": params,
                 "params_over_teacher": round(params / teacher_params, 4),
                 "bytes": (folder / WEIGHTS).stat().st_size,

@@ -149,6 +149,7 @@ def _stage(student_dir: Path, teacher_dir: Path, out: Path, student: dict[str, A
         key: student[key]
         for key in ("depth", "layers", "passed", "reasons", "macro_f1", "agreement", "params", "bytes")
     }
+    judgement["ffn"] = student.get("ffn")  # {"before", "after"}: feed-forward neurons per layer
     judgement["verdict"] = student["verdict"]
     judgement["distill"] = student["distill"]
     (out / JUDGEMENT).write_text(json.dumps(judgement, indent=2, sort_keys=True) + "\n")
@@ -166,6 +167,7 @@ def _entry(student: dict[str, Any], path: str, sums: dict[str, Any]) -> dict[str
     return {
         "path": path,
         "layers": student["layers"],
+        **({"ffn": student["ffn"]["after"]} if student.get("ffn") else {}),
         "passed": bool(student["passed"]),
         "macro_f1_drop": round(max(drops), 4) if drops else None,
         "agreement": round(min(agreements), 4) if agreements else None,
