@@ -31,6 +31,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 from convert import read_split, stratified  # noqa: E402 - benchmarks/convert.py, beside this script
 from host import cpu_description, offline  # noqa: E402
 
+# What the JSON line (and run.json, for --reuse) keeps of each student.
+STUDENT_KEYS = (
+    "depth",
+    "layers",
+    "ffn",
+    "passed",
+    "reasons",
+    "params_over_teacher",
+    "macro_f1",
+    "agreement",
+    "seconds",
+)
 TARGETS = {
     "served_over_teacher_fp32_short_t2": 0.40,
     "served_over_teacher_fp32_long_t2": 0.40,
@@ -181,18 +194,7 @@ def main() -> None:
             print(f"v{version} trained in {train_s:.0f} s", flush=True)
         compressed, compress_s = timed(compress_step, settings, version, progress=True)
         seconds = {"train": round(train_s, 1), "compress": round(compress_s, 1)}
-        keep = (
-            "depth",
-            "layers",
-            "ffn",
-            "passed",
-            "reasons",
-            "params_over_teacher",
-            "macro_f1",
-            "agreement",
-            "seconds",
-        )
-        students_kept = [{k: s.get(k) for k in keep} for s in compressed["students"]]
+        students_kept = [{k: s.get(k) for k in STUDENT_KEYS} for s in compressed["students"]]
         run = {"version": version, "seconds": seconds, "rows": compressed["rows"], "students": students_kept}
         record.write_text(json.dumps(run))
     passed = [s["depth"] for s in compressed["students"] if s.get("passed")]
@@ -217,7 +219,17 @@ def main() -> None:
     calibration = snap.load_split(settings.snapshots_dir, sid, "train")["text"].tolist()
     thresholds = load_policy(settings.policy_path).conversion
     conv = conversion_settings(settings, tensorrt="off")
-    teacher, convert_s = timed(convert_model, merged, work / "out", calibration, eval_sets, thresholds, conv)
+    # The unchosen INT8 candidates are kept: when none passes parity, the fastest is still timed as
+    # the teacher's INT8 the throughput target is set against (labelled as having failed parity).
+    teacher, convert_s = timed(
+        convert_model,
+        merged,
+        work / "out",
+        calibration,
+        eval_sets,
+        thresholds,
+        replace(conv, keep_candidates=True),
+    )
     students = passing_students(info.tags)
     served = None
     if students and teacher.parity.passed:
@@ -262,6 +274,9 @@ def main() -> None:
     graphs = {"teacher_fp32": out / "model.opt.onnx"}
     if (out / "model.int8.onnx").is_file():
         graphs["teacher_int8"] = out / "model.int8.onnx"
+    elif teacher.int8_candidates:
+        fastest = min(teacher.int8_candidates, key=lambda c: c.p50_ms.get("short_t2", float("inf")))
+        graphs["teacher_int8_no_parity"] = out / "candidates" / f"{fastest.name}.onnx"
     forms = {}
     for name in [*students, *refused]:
         result_dir = work / f"out-{name}"
@@ -284,16 +299,16 @@ def main() -> None:
         else ("teacher_int8" if "teacher_int8" in graphs else "teacher_fp32")
     )
     fp32 = p50["teacher_fp32"]
+    int8_key = next(k for k in ("teacher_int8", "teacher_int8_no_parity", "teacher_fp32") if k in graphs)
     figures = {
         "served": served_key,
+        "teacher_int8": int8_key,
         "served_over_teacher_fp32_short_t2": round(p50[served_key]["short_t2"] / fp32["short_t2"], 3),
         "served_over_teacher_fp32_long_t2": round(p50[served_key]["long_t2"] / fp32["long_t2"], 3),
         "accuracy_drop_points": round(
             100 * (scores["teacher_fp32"]["accuracy"] - scores[served_key]["accuracy"]), 2
         ),
-        "throughput_over_teacher_int8": round(
-            rate[served_key] / rate.get("teacher_int8", rate["teacher_fp32"]), 3
-        ),
+        "throughput_over_teacher_int8": round(rate[served_key] / rate[int8_key], 3),
         "compress_over_train_seconds": round(compress_s / train_s, 3),
     }
     met = {
@@ -302,13 +317,13 @@ def main() -> None:
     }
     print(f"\nhost: {cpu_description()}")
     print(
-        f"{'model':<16}{'acc':>7}{'F1':>7}{'short t1':>10}{'short t2':>10}{'long t1':>9}{'long t2':>9}"
+        f"{'model':<24}{'acc':>7}{'F1':>7}{'short t1':>10}{'short t2':>10}{'long t1':>9}{'long t2':>9}"
         f"{'texts/s':>9}"
     )
     for name in graphs:
         t = p50[name]
         print(
-            f"{name:<16}{scores[name]['accuracy']:>7.4f}{scores[name]['macro_f1']:>7.4f}"
+            f"{name:<24}{scores[name]['accuracy']:>7.4f}{scores[name]['macro_f1']:>7.4f}"
             f"{t['short_t1']:>10.2f}{t['short_t2']:>10.2f}{t['long_t1']:>9.2f}{t['long_t2']:>9.2f}{rate[name]:>9.1f}"
         )
     for key, target in TARGETS.items():
@@ -325,22 +340,7 @@ def main() -> None:
                     "compress": round(compress_s, 1),
                     "convert": round(convert_s, 1),
                 },
-                "students": [
-                    {
-                        k: s.get(k)
-                        for k in (
-                            "depth",
-                            "layers",
-                            "passed",
-                            "reasons",
-                            "params_over_teacher",
-                            "macro_f1",
-                            "agreement",
-                            "seconds",
-                        )
-                    }
-                    for s in compressed["students"]
-                ],
+                "students": [{k: s.get(k) for k in STUDENT_KEYS} for s in compressed["students"]],
                 "served_choice": served["choice"] if served else None,
                 "forms": forms,
                 "p50_ms": p50,

@@ -59,7 +59,7 @@ class Int8Choice:
         return asdict(self)
 
 
-def _best_threads(p50_ms: Mapping[str, float], shape: str) -> tuple[int, float] | None:
+def best_threads(p50_ms: Mapping[str, float], shape: str) -> tuple[int, float] | None:
     """(threads, p50) of the fastest timing at `shape`, or None when it was not timed."""
     timed = [(int(key.rsplit("_t", 1)[1]), ms) for key, ms in p50_ms.items() if key.startswith(f"{shape}_t")]
     return min(timed, key=lambda item: (item[1], item[0])) if timed else None
@@ -82,7 +82,7 @@ def choose_int8(
             why = "; ".join(cand.reasons) or "parity not shown"
             reasons.append(f"{cand.name}: failed parity ({why})")
             continue
-        best = _best_threads(cand.p50_ms, shape)
+        best = best_threads(cand.p50_ms, shape)
         if best is None:
             reasons.append(f"{cand.name}: not timed at the {shape} shape")
             continue

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tuneloop.convert.choice import SERVING_SHAPE, timing_key
+from tuneloop.convert.choice import SERVING_SHAPE, best_threads, timing_key
 
 TEACHER = "teacher"
 
@@ -56,11 +56,6 @@ class ServedChoice:
         return asdict(self)
 
 
-def _fastest(p50_ms: Mapping[str, float], shape: str) -> tuple[int, float] | None:
-    timed = [(int(k.rsplit("_t", 1)[1]), ms) for k, ms in p50_ms.items() if k.startswith(f"{shape}_t")]
-    return min(timed, key=lambda item: (item[1], item[0])) if timed else None
-
-
 def choose_served(
     models: Sequence[ServedFigures],
     teacher_fp32_p50_ms: Mapping[str, float],
@@ -76,7 +71,7 @@ def choose_served(
         if not model.parity_passed:
             reasons.append(f"{model.name}: conversion failed parity ({'; '.join(model.reasons) or '-'})")
             continue
-        best = _fastest(model.p50_ms, shape)
+        best = best_threads(model.p50_ms, shape)
         if best is None:
             reasons.append(f"{model.name}: not timed at the {shape} shape")
             continue

@@ -26,6 +26,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ def record_students(
     return entries
 
 
-def read_students_tag(tags: dict[str, str]) -> dict[str, dict[str, Any]]:
+def read_students_tag(tags: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """The `students` tag as data: {depth: {path, layers, passed, macro_f1_drop, agreement, sha256}}."""
     raw = tags.get(TAG)
     return dict(json.loads(raw)) if raw else {}
