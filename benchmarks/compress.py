@@ -277,6 +277,7 @@ def main() -> None:
     elif teacher.int8_candidates:
         fastest = min(teacher.int8_candidates, key=lambda c: c.p50_ms.get("short_t2", float("inf")))
         graphs["teacher_int8_no_parity"] = out / "candidates" / f"{fastest.name}.onnx"
+        print(f"teacher INT8: no candidate passed parity; timing the fastest, {fastest.name}", flush=True)
     forms = {}
     for name in [*students, *refused]:
         result_dir = work / f"out-{name}"
