@@ -159,6 +159,7 @@ def main() -> None:
     offline()
     args = parse_args()
     from tuneloop.convert.pipeline import convert_model
+    from tuneloop.convert.record import result_from
     from tuneloop.convert.timing import time_models, typical_text
     from tuneloop.data import snapshot as snap
     from tuneloop.files import sha256_file
@@ -282,7 +283,9 @@ def main() -> None:
     for name in [*students, *refused]:
         result_dir = work / f"out-{name}"
         if result_dir.is_dir():
-            form, path = served_form(_Result(result_dir))
+            form, path = served_form(
+                result_from(json.loads((result_dir / "conversion.json").read_text()), True)
+            )
             label = f"student_{name}" + ("" if name in students else "_refused")
             graphs[label], forms[name] = path, form
     predictors = {n: OnnxPredictor(p, sha256_file(p), merged, 2, conv.max_length) for n, p in graphs.items()}
@@ -353,23 +356,6 @@ def main() -> None:
             }
         )
     )
-
-
-class _Result:
-    """The part of a ConversionResult served_form reads, from a conversion folder's conversion.json."""
-
-    def __init__(self, out_dir: Path) -> None:
-        from tuneloop.convert.choice import Int8Choice
-
-        manifest = json.loads((out_dir / "conversion.json").read_text())
-        choice = manifest.get("int8_choice") or {}
-        self.out_dir = str(out_dir)
-        self.int8_choice = Int8Choice(
-            choice.get("chosen"),
-            choice.get("serve", "fp32"),
-            choice.get("threads"),
-            choice.get("reasons", []),
-        )
 
 
 if __name__ == "__main__":

@@ -33,11 +33,9 @@ from tuneloop.registry.policy import Policy, load_policy
 from tuneloop.registry.policy_data import CompressPolicy
 from tuneloop.registry.store import Registry, RegistryError
 from tuneloop.steps.scratch import Scratch
-from tuneloop.steps.students import download_student, record_students
+from tuneloop.steps.students import WEIGHTS, download_student, record_students
 
 __all__ = ["compress_for_release", "compress_step", "download_student", "load_version_rows"]
-
-WEIGHTS = "model.safetensors"
 
 
 def compress_step(settings: Settings, version: str, progress: bool = False) -> dict[str, Any]:

@@ -70,16 +70,13 @@ def convert_students(
 
 def served_form(result: Any) -> tuple[str, Path]:
     """("int8" | "fp32", the graph) a conversion result would serve: its INT8 where it won."""
+    from tuneloop.convert.reference import fp32_path
+
     out = Path(result.out_dir)
     choice = result.int8_choice
     if (out / "model.int8.onnx").is_file() and choice is not None and choice.serve == "int8":
         return "int8", out / "model.int8.onnx"
-    return "fp32", fp32_graph(out)
-
-
-def fp32_graph(out: Path) -> Path:
-    """The fp32 graph a conversion serves: the fused one where it was written."""
-    return out / ("model.opt.onnx" if (out / "model.opt.onnx").is_file() else "model.onnx")
+    return "fp32", fp32_path(out)
 
 
 def choose_what_serves(
@@ -90,6 +87,7 @@ def choose_what_serves(
     Returns {"choice": ServedChoice as a dict, "models": [ServedFigures as dicts], "teacher_fp32_p50_ms",
     "short_text_tokens"}.
     """
+    from tuneloop.convert.reference import fp32_path
     from tuneloop.convert.runtime import load_tokenizer
     from tuneloop.convert.served import ServedFigures, choose_served
     from tuneloop.convert.timing import time_models, typical_text
@@ -97,13 +95,15 @@ def choose_what_serves(
 
     results = {TEACHER: teacher, **students}
     forms = {name: served_form(result) for name, result in results.items()}
-    paths = {"teacher-fp32": fp32_graph(Path(teacher.out_dir))}
-    paths.update({name: path for name, (_, path) in forms.items()})
+    paths = {name: path for name, (_, path) in forms.items()}
+    if forms[TEACHER][0] == "int8":  # else the teacher as served IS its fp32 graph: timed once
+        paths["teacher-fp32"] = fp32_path(Path(teacher.out_dir))
     tokenizer = load_tokenizer(tokenizer_dir)
     short = typical_text(tokenizer, list(texts), conv.max_length)
     timings = time_models(
         paths, tokenizer, short, conv.max_length, serving_threads(conv.timing_threads), conv.timing_calls
     )
+    timings.setdefault("teacher-fp32", timings[TEACHER])
     figures = [
         ServedFigures(
             name=name,
