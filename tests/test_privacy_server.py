@@ -199,8 +199,10 @@ def served(server: httpx.Client, values: dict[str, str]) -> None:
     assert not [f for f in forms(values) if f.decode() in said]
     metrics = server.get("/metrics").text
     for entity, n in (("CREDIT_CARD", 2), ("IBAN_CODE", 1), ("EMAIL_ADDRESS", 1), ("PHONE_NUMBER", 1)):
-        line = f'tuneloop_personal_data_total{{endpoint="classify",entity="{entity}"}} {float(n)}'
+        labels = f'endpoint="classify",entity="{entity}",project="default"'
+        line = f"tuneloop_personal_data_total{{{labels}}} {float(n)}"
         assert line in metrics, (line, [m for m in metrics.splitlines() if "personal" in m])
     # The feedback's text held one of each; the refused label held a second card number.
-    assert 'tuneloop_personal_data_total{endpoint="feedback",entity="CREDIT_CARD"} 2.0' in metrics
-    assert 'tuneloop_personal_data_total{endpoint="feedback",entity="PHONE_NUMBER"} 1.0' in metrics
+    fed = 'tuneloop_personal_data_total{{endpoint="feedback",entity="{}",project="default"}} {}'
+    assert fed.format("CREDIT_CARD", 2.0) in metrics
+    assert fed.format("PHONE_NUMBER", 1.0) in metrics

@@ -215,11 +215,11 @@ def test_classify_feedback_status_and_metrics(world, server) -> None:
         assert server.post("/classify", json=bad).status_code == 400
     metrics = server.get("/metrics").text
     for line in (
-        'tuneloop_items_total{model_version="1"}',
+        'tuneloop_items_total{model_version="1",project="default"}',
         "tuneloop_feedback_total{correct=",
         "tuneloop_model_seconds_bucket{le=",
-        'tuneloop_batch_items_count{model_version="1"}',
-        'tuneloop_confidence_count{model_version="1"}',
+        'tuneloop_batch_items_count{model_version="1",project="default"}',
+        'tuneloop_confidence_count{model_version="1",project="default"}',
     ):
         assert line in metrics
     fed = [line for line in metrics.splitlines() if line.startswith("tuneloop_feedback_total{")]

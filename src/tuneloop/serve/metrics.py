@@ -6,11 +6,18 @@ Counters and histograms, which sum across processes, and a mean is sum / count (
 accuracy, shadow agreement). The one gauge, the time of the last successful registry read, takes
 the oldest live worker's value (`livemin`): how stale the stalest worker is, which is what an
 alert on `time() - tuneloop_registry_sync_timestamp_seconds` wants.
+
+Every series carries a `project` label first (one observer per project, all writing the same
+series): versions of two projects share numbers, so `model_version` alone would mix them, and the
+rollout controller reads only its own project's series (rollout/sources.py). Cardinality stays
+bounded: projects are declared in a file (projects.py), not taken from requests.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from tuneloop.config import DEFAULT_PROJECT
 
 # Latency of one model call: 1 ms .. ~4 s in x2 steps (a tiny model answers in ~1 ms, MiniLM INT8
 # batch 64 in ~300 ms on 2 cores).
@@ -25,7 +32,7 @@ _METRICS: dict[str, Any] = {}
 def _build() -> dict[str, Any]:
     from prometheus_client import Counter, Gauge, Histogram
 
-    v = ["model_version"]
+    v = ["project", "model_version"]
     return {
         "requests": Counter("tuneloop_items", "Items answered, by the version that answered", v),
         "errors": Counter("tuneloop_model_errors", "Model calls that raised", v),
@@ -47,53 +54,56 @@ def _build() -> dict[str, Any]:
         "personal": Counter(
             "tuneloop_personal_data",
             "Personal data found in request texts and replaced by placeholders",
-            ["entity", "endpoint"],
+            ["project", "entity", "endpoint"],
         ),
         "synced": Gauge(
             "tuneloop_registry_sync_timestamp_seconds",
             "Unix time of the last successful registry read (the stalest worker's)",
+            ["project"],
             multiprocess_mode="livemin",
         ),
     }
 
 
 class PrometheusObserver:
-    """The scoring Observer that writes the metrics above (one set per process)."""
+    """The scoring Observer that writes the metrics above for one project (one set per process,
+    shared by every project's observer)."""
 
-    def __init__(self) -> None:
+    def __init__(self, project: str = DEFAULT_PROJECT) -> None:
         if not _METRICS:
             _METRICS.update(_build())
         self.m = _METRICS
+        self.project = project
 
     def batch(self, version: str, size: int, seconds: float) -> None:
-        self.m["latency"].labels(version).observe(seconds)
-        self.m["batch"].labels(version).observe(size)
+        self.m["latency"].labels(self.project, version).observe(seconds)
+        self.m["batch"].labels(self.project, version).observe(size)
         # Per item, so the canary's few-item calls and the champion's full ones compare fairly (the
         # rollout judges latency on this). One observation per item: a histogram takes no weights;
         # a 64-item call's observations measured 0.1 ms in multiprocess mode (the call: ~300 ms).
-        per_item = self.m["item_latency"].labels(version)
+        per_item = self.m["item_latency"].labels(self.project, version)
         for _ in range(size):
             per_item.observe(seconds / size)
 
     def predicted(self, version: str, label: str, score: float) -> None:
-        self.m["requests"].labels(version).inc()
-        self.m["labels"].labels(version, label).inc()
-        self.m["confidence"].labels(version).observe(score)
+        self.m["requests"].labels(self.project, version).inc()
+        self.m["labels"].labels(self.project, version, label).inc()
+        self.m["confidence"].labels(self.project, version).observe(score)
 
     def error(self, version: str) -> None:
-        self.m["errors"].labels(version).inc()
+        self.m["errors"].labels(self.project, version).inc()
 
     def shadow(self, version: str, agreed: bool) -> None:
-        self.m["shadow"].labels(version, str(agreed).lower()).inc()
+        self.m["shadow"].labels(self.project, version, str(agreed).lower()).inc()
 
     def feedback(self, version: str, correct: bool) -> None:
-        self.m["feedback"].labels(version, str(correct).lower()).inc()
+        self.m["feedback"].labels(self.project, version, str(correct).lower()).inc()
 
     def personal_data(self, endpoint: str, found: dict[str, int]) -> None:
         """Entities redacted from the texts of one request to `endpoint` (classify, feedback)."""
         for entity, count in found.items():
-            self.m["personal"].labels(entity, endpoint).inc(count)
+            self.m["personal"].labels(self.project, entity, endpoint).inc(count)
 
     def synced(self, unix_time: float) -> None:
         """A registry read succeeded at `unix_time` (the follower's on_sync)."""
-        self.m["synced"].set(unix_time)
+        self.m["synced"].labels(self.project).set(unix_time)
