@@ -10,6 +10,9 @@ taken series by series and replica by replica, as PromQL's `increase()` does, an
 - a replica seen for the first time after the step began is a baseline, not traffic (its counters
   hold its whole history);
 - a histogram's buckets gain series by series, so they stay cumulative and the p95 stays defined.
+
+Each series is also labelled `project` (one service hosts several projects, whose version numbers
+collide): a controller keeps only its own project's samples (`in_project`) before anything is summed.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+from tuneloop.config import DEFAULT_PROJECT
 
 # One counter series of one replica: (replica, sample name, sorted label pairs).
 SeriesKey = tuple[str, str, tuple[tuple[str, str], ...]]
@@ -117,6 +122,12 @@ _SPLIT = {  # sample name -> (label, field when "true", field otherwise)
 ITEM_BUCKETS = "tuneloop_item_seconds_bucket"
 PREDICTED = "tuneloop_predicted_total"
 SERIES = (*_SCALARS, *_SPLIT, ITEM_BUCKETS, PREDICTED)  # every sample name the canary reads
+
+
+def in_project(labels: Mapping[str, str], project: str) -> bool:
+    """Whether a sample is `project`'s: by its `project` label, and one without the label (a service
+    from before projects) is the default project's, so an old service is still judged."""
+    return labels.get("project", DEFAULT_PROJECT) == project
 
 
 def counters_from_samples(samples: Iterable[Sample]) -> dict[str, VersionCounters]:

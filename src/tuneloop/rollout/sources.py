@@ -14,24 +14,31 @@ take gains per series and per replica (counters.py says why): the endpoint sourc
 its own readings (counters.CounterWindow), Prometheus with PromQL `increase()` over the window.
 A Prometheus reading lags the service by up to one scrape interval, so the controller judges on
 a tick, never on a single reading.
+
+Both read one project's series only (`project`; the service labels every series with its project):
+two projects' canaries run at once on one service, with the same version numbers, and neither may
+be judged on the other's traffic.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import re
 import socket
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from tuneloop.config import DEFAULT_PROJECT
 from tuneloop.rollout.counters import (
     CounterWindow,
     Reading,
     Sample,
     VersionCounters,
     counters_from_samples,
+    in_project,
     reading_counters,
     reading_from_samples,
 )
@@ -78,6 +85,24 @@ def parse_prometheus_text(text: str) -> Iterator[Sample]:
             yield sample.name, sample.labels, float(sample.value)
 
 
+def project_selector(selector: str, project: str) -> str:
+    """`selector` (e.g. '{job="tuneloop"}', or '') with the project's matcher added.
+
+    The default project also matches series without the label (`project=~"default|"`: an empty
+    value matches an absent label in PromQL), as EndpointSource counts them, so a service from
+    before projects is still read. A selector that names `project` itself is refused: the project
+    comes from the controller's settings, never from a second place that could disagree.
+    """
+    body = selector.strip()
+    if body and not (body.startswith("{") and body.endswith("}")):
+        raise ValueError(f"selector {selector!r} is not a label selector such as '{{job=\"tuneloop\"}}'")
+    inner = body[1:-1].strip().rstrip(",") if body else ""
+    if re.search(r"(^|[{,\s])project\s*(=|!=|=~|!~)", inner):
+        raise ValueError(f"selector {selector!r} names `project`: the source adds its own project's matcher")
+    matcher = f'project=~"{project}|"' if project == DEFAULT_PROJECT else f'project="{project}"'
+    return "{" + (f"{inner}," if inner else "") + matcher + "}"
+
+
 def resolve_replicas(url: str) -> list[str]:
     """`url` once per address its host resolves to (one address family: the first answer's).
 
@@ -99,7 +124,7 @@ def resolve_replicas(url: str) -> list[str]:
 
 
 class EndpointSource:
-    """Scrapes the service's `/metrics` on every replica (listed, or resolved) and sums them."""
+    """Scrapes the service's `/metrics` on every replica (listed, or resolved) and sums `project`'s series."""
 
     def __init__(
         self,
@@ -107,6 +132,7 @@ class EndpointSource:
         timeout_s: float = 10.0,
         headers: Mapping[str, str] | None = None,
         resolve: bool = False,
+        project: str = DEFAULT_PROJECT,
     ):
         if not urls:
             raise ValueError("EndpointSource needs at least one /metrics URL")
@@ -114,10 +140,11 @@ class EndpointSource:
         self.timeout_s = timeout_s
         self.headers = dict(headers or {})
         self.resolve = resolve
+        self.project = project
 
     def describe(self) -> str:
         every = "every address of " if self.resolve else ""
-        return f"service /metrics at {every}" + ", ".join(self.urls)
+        return f"service /metrics ({self.project}) at {every}" + ", ".join(self.urls)
 
     def replicas(self) -> list[str]:
         """The /metrics URL of every replica, now."""
@@ -126,7 +153,7 @@ class EndpointSource:
         return [replica for url in self.urls for replica in resolve_replicas(url)]
 
     def scrape(self) -> Reading:
-        """Every replica's tuneloop_* series; one unreadable replica fails the whole reading."""
+        """Every replica's tuneloop_* series of this project; one unreadable replica fails the reading."""
         import httpx
 
         reading: Reading = {}
@@ -136,7 +163,8 @@ class EndpointSource:
                 response.raise_for_status()
             except httpx.HTTPError as exc:
                 raise MetricsError(f"reading {url} failed: {exc}") from exc
-            reading.update(reading_from_samples(url, parse_prometheus_text(response.text)))
+            samples = parse_prometheus_text(response.text)
+            reading.update(reading_from_samples(url, (s for s in samples if in_project(s[1], self.project))))
         return reading
 
     def read(self) -> dict[str, VersionCounters]:
@@ -160,16 +188,21 @@ class _EndpointWindow:
 
 
 class PrometheusSource:
-    """Queries a Prometheus server (`base_url`, e.g. http://prometheus:9090) with PromQL."""
+    """Queries a Prometheus server (`base_url`, e.g. http://prometheus:9090) with PromQL for `project`."""
 
-    def __init__(self, base_url: str, timeout_s: float = 10.0, selector: str = ""):
+    def __init__(
+        self, base_url: str, timeout_s: float = 10.0, selector: str = "", project: str = DEFAULT_PROJECT
+    ):
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
-        # e.g. '{job="tuneloop"}' to keep one deployment's series apart from another's.
+        # e.g. '{job="tuneloop"}' to keep one deployment's series apart from another's; the
+        # project's matcher is added to it (project_selector), so every query reads one project.
         self.selector = selector
+        self.project = project
+        self.query_selector = project_selector(selector, project)
 
     def describe(self) -> str:
-        return f"Prometheus at {self.base_url}" + (f" ({self.selector})" if self.selector else "")
+        return f"Prometheus at {self.base_url} ({self.query_selector})"
 
     def _query(self, promql: str) -> list[dict[str, object]]:
         import httpx
@@ -189,7 +222,7 @@ class PrometheusSource:
         """Cumulative counters, or with `window_s` what each series gained over the last window_s."""
         samples: list[Sample] = []
         for series, by in PROMQL:
-            selected = series + self.selector
+            selected = series + self.query_selector
             if window_s is not None:
                 selected = f"increase({selected}[{math.ceil(window_s * 1000)}ms])"
             for row in self._query(f"sum by ({by}) ({selected})"):

@@ -143,7 +143,7 @@ def roll_out(
 
     registry = Registry(settings)
     say = log or (lambda _msg: None)
-    source = metrics_source(service_url)
+    source = metrics_source(service_url, settings.project)  # this project's series only
     view = read_model(registry)
     earlier: dict[str, Any] | None = None
     recorded = view.rollback["version"] if view.rollback else view.state.version if view.state else None

@@ -10,6 +10,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from tuneloop.config import DEFAULT_PROJECT
+
 DEFAULT_SERVICE_URL = "http://127.0.0.1:3000"  # where `tuneloop serve` listens by default
 
 
@@ -18,9 +20,11 @@ def build_source(
     prometheus: str | None = None,
     selector: str = "",
     resolve: bool = False,
+    project: str = DEFAULT_PROJECT,
 ) -> Any:
     """A Prometheus server when `prometheus` is given, else each `/metrics` URL, summed.
 
+    Either reads `project`'s series only (the service labels each with its project).
     `selector` (e.g. '{job="tuneloop"}') narrows every PromQL series; `resolve` reads every address
     each URL's host resolves to (a headless Service: one per replica). Scraping the service needs
     a bearer token when it has auth on: the read-only TUNELOOP_METRICS_TOKEN when set, else the
@@ -29,13 +33,14 @@ def build_source(
     from tuneloop.rollout.sources import EndpointSource, PrometheusSource
 
     if prometheus:
-        return PrometheusSource(prometheus, selector=selector)
+        return PrometheusSource(prometheus, selector=selector, project=project)
     # The read-only token first: a leaked scrape credential must not be able to post /feedback.
     token = os.environ.get("TUNELOOP_METRICS_TOKEN") or os.environ.get("TUNELOOP_API_TOKEN")
     return EndpointSource(
         list(metrics_urls) or [DEFAULT_SERVICE_URL + "/metrics"],
         headers={"authorization": f"Bearer {token}"} if token else {},
         resolve=resolve,
+        project=project,
     )
 
 
@@ -48,22 +53,22 @@ def service_urls(service_url: str | None = None) -> list[str]:
     return urls or [DEFAULT_SERVICE_URL]
 
 
-def metrics_source(service_url: str | None = None) -> Any:
+def metrics_source(service_url: str | None = None, project: str = DEFAULT_PROJECT) -> Any:
     """Where the canary's figures come from: a Prometheus server when TUNELOOP_ROLLOUT_PROMETHEUS_URL
     is set (a fleet of replicas, summed by PromQL), else every replica's /metrics (`replica_source`).
 
     `service_url` may list several replicas, comma-separated: behind one Kubernetes Service a single
     URL reaches one replica per scrape, so its counters alone would judge a share of the traffic.
+    Either way only `project`'s series count.
     """
     prometheus = os.environ.get("TUNELOOP_ROLLOUT_PROMETHEUS_URL")
     if prometheus:
-        return build_source(
-            prometheus=prometheus, selector=os.environ.get("TUNELOOP_ROLLOUT_PROMETHEUS_SELECTOR", "")
-        )
-    return replica_source(service_url)
+        selector = os.environ.get("TUNELOOP_ROLLOUT_PROMETHEUS_SELECTOR", "")
+        return build_source(prometheus=prometheus, selector=selector, project=project)
+    return replica_source(service_url, project)
 
 
-def replica_source(service_url: str | None = None) -> Any:
+def replica_source(service_url: str | None = None, project: str = DEFAULT_PROJECT) -> Any:
     """Every replica's /metrics, summed (rollout/sources.EndpointSource): every address of
     TUNELOOP_ROLLOUT_REPLICAS_URL when set (a headless Service such as tuneloop-service-pods: its
     name resolves to one address per ready pod), else each URL `service_url` lists.
@@ -73,7 +78,9 @@ def replica_source(service_url: str | None = None) -> Any:
     """
     replicas = os.environ.get("TUNELOOP_ROLLOUT_REPLICAS_URL")
     return build_source(
-        [url + "/metrics" for url in service_urls(replicas or service_url)], resolve=bool(replicas)
+        [url + "/metrics" for url in service_urls(replicas or service_url)],
+        resolve=bool(replicas),
+        project=project,
     )
 
 

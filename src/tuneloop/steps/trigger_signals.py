@@ -94,7 +94,7 @@ def gather_signals(
         ), round_times
     texts = [metrics_text] if metrics_text is not None else []
     if metrics_text is None and service_url:
-        source = replica_source(service_url)
+        source = replica_source(service_url, settings.project)
         try:
             urls = source.replicas()
         except RuntimeError as exc:  # rollout's MetricsError: the replicas' name does not resolve
@@ -108,7 +108,7 @@ def gather_signals(
     if not texts or notes:
         notes = notes or ["drift not judged: no service URL"]
         return Signals(new_rows=rows, notes=notes), round_times
-    figures = sum_figures([read_prometheus(text, champion.version) for text in texts])
+    figures = sum_figures([read_prometheus(text, champion.version, settings.project) for text in texts])
     count = figures["confidence_count"]
     return (
         Signals(

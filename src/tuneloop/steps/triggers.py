@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tuneloop.config import DEFAULT_PROJECT
 from tuneloop.registry.policy import TriggerPolicy
 
 TRIGGERS = ("manual", "schedule", "data", "drift")
@@ -116,10 +117,12 @@ def decide_round(
     return Decision(bool(why), trigger, why or why_not)
 
 
-def read_prometheus(text: str, version: str) -> dict[str, Any]:
+def read_prometheus(text: str, version: str, project: str = DEFAULT_PROJECT) -> dict[str, Any]:
     """The champion's figures from the service's `/metrics` text (see tuneloop.serve.metrics).
 
-    Returns answered (items), confidence sum and count, and predicted-label counts for `version`.
+    Returns answered (items), confidence sum and count, and predicted-label counts for `version` of
+    `project` (another project's version of the same number is not this champion; a series without
+    a `project` label, from a service older than projects, is the default project's).
     """
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -127,6 +130,8 @@ def read_prometheus(text: str, version: str) -> dict[str, Any]:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.labels.get("model_version") != version:
+                continue
+            if sample.labels.get("project", DEFAULT_PROJECT) != project:
                 continue
             if sample.name == "tuneloop_items_total":
                 out["answered"] += sample.value
