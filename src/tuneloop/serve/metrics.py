@@ -50,6 +50,18 @@ def _build() -> dict[str, Any]:
         ),
         "shadow": Counter("tuneloop_shadow", "Canary items also scored by the champion", [*v, "agreed"]),
         "feedback": Counter("tuneloop_feedback", "Feedback received on answers", [*v, "correct"]),
+        # Per tenant (serve/tenants.py). Bounded: tenant ids come from the tenants file, projects
+        # from each tenant's list or "_other"; an unknown token is refused before any series.
+        # requests counts every answer, errors those >= 400 but 429, throttled the 429s.
+        "tenant_requests": Counter("tuneloop_tenant_requests", "Requests of a tenant", ["tenant", "project"]),
+        "tenant_errors": Counter(
+            "tuneloop_tenant_errors", "Requests of a tenant answered >= 400, 429 aside", ["tenant", "project"]
+        ),
+        "tenant_throttled": Counter(
+            "tuneloop_tenant_throttled",
+            "Requests of a tenant refused over its quota (429)",
+            ["tenant", "project"],
+        ),
         # Counts only, by entity type and door: an operator sees a rise without seeing the data.
         "personal": Counter(
             "tuneloop_personal_data",
@@ -63,6 +75,12 @@ def _build() -> dict[str, Any]:
             multiprocess_mode="livemin",
         ),
     }
+
+
+def count_tenant(tenant: str, project: str, status: int) -> None:
+    """The middleware's on_tenant callback: builds the metrics on its first call, inside a worker
+    (after BentoML has set PROMETHEUS_MULTIPROC_DIR), never when the guard is built."""
+    PrometheusObserver().tenant(tenant, project, status)
 
 
 class PrometheusObserver:
@@ -98,6 +116,14 @@ class PrometheusObserver:
 
     def feedback(self, version: str, correct: bool) -> None:
         self.m["feedback"].labels(self.project, version, str(correct).lower()).inc()
+
+    def tenant(self, tenant: str, project: str, status: int) -> None:
+        """A tenant's request to `project` was answered `status` (the middleware's on_tenant)."""
+        self.m["tenant_requests"].labels(tenant, project).inc()
+        if status == 429:
+            self.m["tenant_throttled"].labels(tenant, project).inc()
+        elif status >= 400:
+            self.m["tenant_errors"].labels(tenant, project).inc()
 
     def personal_data(self, endpoint: str, found: dict[str, int]) -> None:
         """Entities redacted from the texts of one request to `endpoint` (classify, feedback)."""

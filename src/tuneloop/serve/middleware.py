@@ -9,7 +9,9 @@ What it answers itself, before any handler runs, and why here:
   one, with a message that names the fix (BentoML would try to parse a form body or 404/500 it).
 - 401 with `WWW-Authenticate: Bearer` when a token is configured and the request lacks one, and
   403 when its token is known but lacks the scope the path needs (scopes.py: which path needs which
-  scope, which token grants which).
+  scope, which token grants which). A tenant's token (tenants.py, tenant_gate.py) opens its
+  projects' /v1/{project}/classify and /feedback: 403 on another project, 429 with Retry-After
+  over its quota; the admitted tenant goes to the handlers in the scope (tenants.tenant_of).
 - 503 with Retry-After when `max_in_flight` requests are already inside: an overloaded worker says
   so at once, instead of queueing without bound until callers time out.
 It also adds the statuses a handler answers beyond BentoML's fixed set (200, 400, 404, 500) to the
@@ -22,12 +24,16 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tuneloop.serve.scopes import PATH_SCOPES, auth_refusal, token_scopes
+from tuneloop.serve.scopes import PATH_SCOPES, token_scopes
+from tuneloop.serve.tenant_gate import OPEN, OnTenant, TenantGate, admit, answer_counted
+from tuneloop.serve.tenants import Refusal, set_tenant, tenants_path
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -73,6 +79,10 @@ class Guard:
     retry_after_s: int = 1
     # path -> {status: description}: answers of a POST handler that /docs.json should list too.
     documented: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
+    # The tenants file's tokens (None: none); on_tenant(tenant, project, status) after each answer
+    # to a tenant's project request, for the per-tenant metrics (metrics.py builds the callback).
+    tenants: TenantGate | None = None
+    on_tenant: OnTenant | None = None
 
 
 async def send_error(send: Send, status: int, message: str, headers: Iterable[tuple[str, str]] = ()) -> None:
@@ -150,7 +160,21 @@ class HardeningMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        problem = self._refusal(scope)
+        guard = self.guard
+        admission = OPEN
+        if scope["path"] not in guard.open_paths:
+            auth = _header(scope, b"authorization") or ""
+            admission = admit(guard.tokens, guard.path_scopes, guard.tenants, scope["path"], auth)
+        if admission.grant is not None:
+            set_tenant(scope, admission.grant)
+        if admission.counted is None or guard.on_tenant is None:
+            await self._answer(scope, receive, send, admission.refusal)
+        else:  # a tenant's project request: its answer's status goes to the per-tenant metrics
+            answer = partial(self._answer, scope, receive, denied=admission.refusal)
+            await answer_counted(answer, send, guard.on_tenant, admission.counted)
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send, denied: Refusal | None) -> None:
+        problem = denied or self._refusal(scope)
         if problem is not None:
             await send_error(send, *problem)
             return
@@ -178,14 +202,8 @@ class HardeningMiddleware:
         return not self.guard.limited_paths or path in self.guard.limited_paths
 
     def _refusal(self, scope: Scope) -> tuple[int, str, list[tuple[str, str]]] | None:
-        """(status, message, headers) for a request refused on its headers alone, else None."""
+        """(status, message, headers) for a request refused on its headers alone (auth aside), else None."""
         guard, path, method = self.guard, scope["path"], scope["method"]
-        if guard.tokens and path not in guard.open_paths:
-            denied = auth_refusal(
-                guard.tokens, guard.path_scopes, path, _header(scope, b"authorization") or ""
-            )
-            if denied is not None:
-                return denied
         methods = guard.json_endpoints.get(path)
         if methods is not None and method not in methods:
             allowed = ", ".join(sorted(methods))
@@ -368,13 +386,16 @@ def configured_tokens(settings: GuardSettings | None = None) -> dict[str, str]:
 def load_guard(
     json_endpoints: Mapping[str, Iterable[str]],
     documented: Mapping[str, Mapping[int, str]] | None = None,
+    tenants_file: Path | None = None,
+    on_tenant: OnTenant | None = None,
     **overrides: Any,
 ) -> Guard:
     """A Guard from the environment, for the service's JSON endpoints (and their extra statuses).
 
     The token variables of scopes.TOKEN_SCOPES (auth off when none is set; TokenConflict when two share a
     value), TUNELOOP_SERVE_MAX_BODY_BYTES, TUNELOOP_SERVE_MAX_IN_FLIGHT,
-    TUNELOOP_SERVE_RETRY_AFTER_S; keyword overrides win.
+    TUNELOOP_SERVE_RETRY_AFTER_S; keyword overrides win. Tenants from `tenants_file`, default
+    TUNELOOP_TENANTS_FILE or <home>/tenants.yaml (read when it exists, re-read when it changes).
     """
     settings = GuardSettings(**{k: v for k, v in overrides.items() if v is not None})
     return Guard(
@@ -387,4 +408,6 @@ def load_guard(
         limited_paths=frozenset(json_endpoints),
         retry_after_s=settings.retry_after_s,
         documented=dict(documented or {}),
+        tenants=TenantGate(tenants_file or tenants_path()),
+        on_tenant=on_tenant,
     )
