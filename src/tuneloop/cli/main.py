@@ -17,7 +17,7 @@ import typer
 import yaml
 from rich.table import Table
 
-from tuneloop.cli import flows, gc, model, privacy, rollout, serve
+from tuneloop.cli import flows, gc, model, privacy, rollout, serve, tenants
 from tuneloop.cli.common import JsonOpt, emit, err, out, run_guarded, settings_or_exit
 from tuneloop.cli.tables import Column, print_table
 from tuneloop.config import mask_settings
@@ -323,6 +323,7 @@ for command in [
     *gc.COMMANDS,
 ]:
     app.command()(command)  # type: ignore[type-var]
+app.add_typer(tenants.app, name="tenant")
 
 if __name__ == "__main__":
     app()
