@@ -35,7 +35,7 @@ STAGES = sorted(
     and p.name not in FRONT_ENDS
 )
 # Shared helpers every stage may import: they import no stage themselves (checked below).
-SHARED_MODULES = ("config.py", "files.py", "host.py", "progress.py")
+SHARED_MODULES = ("config.py", "files.py", "host.py", "progress.py", "projects.py")
 
 
 def module_name(path: Path) -> str:

@@ -37,6 +37,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Names of the INT8 recipes in tuneloop.convert.quantize.PRESETS, kept here as data: every stage
 # imports this module, so it imports no stage (tests/test_config.py checks the two lists agree).
 INT8_PRESETS = ("cpu", "cpu7", "tensorrt")
+# The project every command works on when none is named: its data lives in <home> itself and its
+# registered model is model_name (tuneloop-intent), as before there were projects.
+DEFAULT_PROJECT = "default"
 
 
 def _config_file() -> Path | None:
@@ -69,6 +72,16 @@ class Settings(BaseSettings):
     registry_uri: str | None = Field(None, description="MLflow registry URI; default: tracking_uri.")
     artifact_root: str | None = Field(
         None, description="Where new MLflow experiments store artifacts; default <home>/mlartifacts."
+    )
+    project: str = Field(
+        DEFAULT_PROJECT,
+        description="The project (one classifier: its data, registered model, policy) a command works on; "
+        "declared with `tuneloop project add` (projects.py). The default project needs no declaration.",
+    )
+    projects_file: Path | None = Field(
+        None,
+        description="YAML file whose `projects:` list declares the projects; default <home>/projects.yaml. "
+        "It may be this config file itself, or a mounted ConfigMap (read-only: `project add` then refuses).",
     )
     experiment: str = Field("tuneloop", description="MLflow experiment for training rounds.")
     data_experiment: str = Field("tuneloop-data", description="MLflow experiment for ingest runs.")
@@ -174,6 +187,14 @@ class Settings(BaseSettings):
         "Friday evening is still there on Monday).",
     )
 
+    @field_validator("project")
+    @classmethod
+    def _project_name(cls, value: str) -> str:
+        # The name becomes a folder, a URL part and a metric label: no '/', '..' or spaces.
+        if not re.fullmatch(r"[a-z][a-z0-9-]{0,39}", value):
+            raise ValueError(f"project {value!r}: lower-case letters, digits and '-', starting with a letter")
+        return value
+
     @field_validator("int8_preset")
     @classmethod
     def _known_preset(cls, value: str) -> str:
@@ -216,25 +237,40 @@ class Settings(BaseSettings):
         return self.home.expanduser().resolve()
 
     @property
+    def data_dir(self) -> Path:
+        """The project's own folder: <home> for the default project, <home>/projects/<name> else.
+
+        Landing, snapshots, quarantine, ledger and scratch live under it, so two projects never
+        read or write each other's files; MLflow's store and artifacts stay shared (<home>).
+        """
+        if self.project == DEFAULT_PROJECT:
+            return self.home_dir
+        return self.home_dir / "projects" / self.project
+
+    @property
+    def resolved_projects_file(self) -> Path:
+        return (self.projects_file or self.home_dir / "projects.yaml").expanduser()
+
+    @property
     def snapshots_dir(self) -> Path:
-        return self.home_dir / "snapshots"
+        return self.data_dir / "snapshots"
 
     @property
     def quarantine_dir(self) -> Path:
-        return self.home_dir / "quarantine"
+        return self.data_dir / "quarantine"
 
     @property
     def landing_dir(self) -> Path:
-        return self.home_dir / "landing"
+        return self.data_dir / "landing"
 
     @property
     def ledger_dir(self) -> Path:
-        return self.home_dir / "ledger"
+        return self.data_dir / "ledger"
 
     @property
     def work_dir(self) -> Path:
         """Scratch space for checkpoints and conversions (safe to delete)."""
-        return self.home_dir / "work"
+        return self.data_dir / "work"
 
     @property
     def resolved_tracking_uri(self) -> str:
@@ -299,8 +335,71 @@ def mask_settings(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build settings from the environment and config file, with keyword overrides on top."""
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """Build settings from the environment and config file, with keyword overrides on top.
+
+    With `project` (or TUNELOOP_PROJECT) naming a declared project, its registered model, policy,
+    base model, columns and MLflow experiments replace the defaults (projects.py); an undeclared
+    name raises projects.UnknownProject.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    settings = Settings(**given)
+    if settings.project == DEFAULT_PROJECT:
+        return settings
+    return Settings(**{**given, **project_overrides(settings)})
+
+
+class UnknownProject(ValueError):
+    """A command named a project that is not declared."""
+
+
+class ProjectError(ValueError):
+    """A project cannot be read or declared as asked (bad file, name, taken name or model)."""
+
+
+def project_entries(path: Path) -> list[dict[str, Any]]:
+    """The `projects:` list of a projects file (projects.py says what an entry holds); [] if none."""
+    if not path.is_file():
+        return []
+    loaded = yaml.safe_load(path.read_text()) or {}
+    entries = loaded.get("projects") or [] if isinstance(loaded, dict) else None
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("name"), str) for e in entries
+    ):
+        raise ProjectError(f"{path} should hold a `projects:` list of entries with a name each")
+    return entries
+
+
+# Entry key -> the setting it replaces for that project's commands.
+PROJECT_FIELDS = {
+    "model_name": "model_name",
+    "policy": "policy_path",
+    "base_model": "base_model",
+    "label_column": "label_column",
+    "text_column": "text_column",
+}
+
+
+def project_overrides(settings: Settings) -> dict[str, Any]:
+    """The settings that make `settings` those of its project: its registered model (default
+    tuneloop-<name>), MLflow experiments `<experiment>/<name>`, and what its entry declares."""
+    path = settings.resolved_projects_file
+    entries = {e["name"]: e for e in project_entries(path)}
+    entry = entries.get(settings.project)
+    if entry is None:
+        names = ", ".join([DEFAULT_PROJECT, *entries])
+        raise UnknownProject(
+            f"project {settings.project!r} is not declared in {path} (declared: {names}); "
+            f"declare it with `tuneloop project add {settings.project}`"
+        )
+    overrides: dict[str, Any] = {
+        "model_name": f"tuneloop-{settings.project}",
+        "experiment": f"{settings.experiment}/{settings.project}",
+        "data_experiment": f"{settings.data_experiment}/{settings.project}",
+    }
+    for key, field in PROJECT_FIELDS.items():
+        if entry.get(key) is not None:
+            overrides[field] = entry[key]
+    return overrides
 
 
 def dump_settings_yaml(settings: Settings) -> str:

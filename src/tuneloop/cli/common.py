@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -18,9 +19,37 @@ out = Console()
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
 
 
+def _use_project(value: str | None) -> str | None:
+    # Parsed before the command runs, so settings_or_exit (and anything the command starts in this
+    # process) reads the project as if TUNELOOP_PROJECT had been set.
+    if value:
+        os.environ["TUNELOOP_PROJECT"] = value
+    return value
+
+
+ProjectOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--project",
+        help="The project (classifier) to work on: its data, registered model and policy "
+        "(`tuneloop project list`). Default: TUNELOOP_PROJECT, else the default project.",
+        callback=_use_project,
+        show_default=False,
+    ),
+]
+
+
 def settings_or_exit(**overrides: Any) -> Settings:
+    from tuneloop.projects import ProjectError, UnknownProject
+
     try:
         return load_settings(**overrides)
+    except UnknownProject as exc:
+        fail(str(exc), hint="`tuneloop project list` names the declared projects")
+        raise  # unreachable
+    except ProjectError as exc:
+        fail(str(exc), hint="fix the projects file (`tuneloop project list` reads it)")
+        raise  # unreachable
     except Exception as exc:  # pydantic ValidationError, bad config file
         fail(f"invalid settings: {exc}", hint="check TUNELOOP_* variables and the config file")
         raise  # unreachable

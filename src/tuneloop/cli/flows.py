@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tuneloop.cli.common import JsonOpt, emit, err, out, run_guarded, settings_or_exit
+from tuneloop.cli.common import JsonOpt, ProjectOpt, emit, err, out, run_guarded, settings_or_exit
 
 REPO = Path(__file__).resolve().parents[3]  # src/tuneloop/cli/flows.py -> the checkout
 
@@ -50,6 +50,7 @@ def retrain(
         int | None, typer.Option(help="Most epochs this round (default from settings).")
     ] = None,
     as_json: JsonOpt = False,
+    project: ProjectOpt = None,
 ) -> None:
     """Run one round now: ingest -> train -> approval -> convert -> canary rollout.
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tuneloop.cli.common import JsonOpt, emit, out, run_guarded, settings_or_exit
+from tuneloop.cli.common import JsonOpt, ProjectOpt, emit, out, run_guarded, settings_or_exit
 from tuneloop.cli.tables import Column, print_table
 
 # At 80 columns: version 7 + aliases 10 + action 7 + MB 6 + reason ~30 = 60 characters of cells,
@@ -34,6 +34,7 @@ def gc(
     ] = None,
     wide: Annotated[bool, typer.Option("--wide", help="Every column at full width.")] = False,
     as_json: JsonOpt = False,
+    project: ProjectOpt = None,
 ) -> None:
     """Remove the rebuildable bulk of old versions, and cap the quarantine's whole-file copies.
 
@@ -84,6 +85,7 @@ def restore(
         str | None, typer.Option("--by", help="Who restores it, recorded on the version (default: $USER).")
     ] = None,
     as_json: JsonOpt = False,
+    project: ProjectOpt = None,
 ) -> None:
     """Rebuild a version gc collected: its merged model from the kept adapter and the base model,
     checked file by file against the version's checksums.json before anything is uploaded, then its

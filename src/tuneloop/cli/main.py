@@ -17,8 +17,8 @@ import typer
 import yaml
 from rich.table import Table
 
-from tuneloop.cli import flows, gc, model, privacy, rollout, serve, tenants
-from tuneloop.cli.common import JsonOpt, emit, err, out, run_guarded, settings_or_exit
+from tuneloop.cli import flows, gc, model, privacy, projects, rollout, serve, tenants
+from tuneloop.cli.common import JsonOpt, ProjectOpt, emit, err, out, run_guarded, settings_or_exit
 from tuneloop.cli.tables import Column, print_table
 from tuneloop.config import mask_settings
 
@@ -64,6 +64,7 @@ def ingest(
         str | None, typer.Option(help="Column holding the label (default 'label'; BANKING77: 'category').")
     ] = None,
     as_json: JsonOpt = False,
+    project: ProjectOpt = None,
 ) -> None:
     """Validate new labelled data, quarantine bad rows with a reason, drop duplicates, cut a snapshot.
 
@@ -153,6 +154,7 @@ def status(
     as_json: JsonOpt = False,
     registry: Annotated[bool, typer.Option(help="Also read the MLflow registry (slower).")] = True,
     wide: WideOpt = False,
+    project: ProjectOpt = None,
 ) -> None:
     """Show snapshots, rows per label, quarantine totals, and registered versions with aliases.
 
@@ -279,6 +281,7 @@ def exclude(
     ] = False,
     by: Annotated[str | None, typer.Option("--by", help="Who (default: $TUNELOOP_USER or $USER).")] = None,
     as_json: JsonOpt = False,
+    project: ProjectOpt = None,
 ) -> None:
     """Keep a snapshot out of every later round: never trained on, replayed or judged again.
 
@@ -304,7 +307,7 @@ def exclude(
 
 # --- config ----------------------------------------------------------------------------------
 @app.command("config")
-def show_config(as_json: JsonOpt = False) -> None:
+def show_config(project: ProjectOpt = None, as_json: JsonOpt = False) -> None:
     """Print the effective settings as YAML (passwords and tokens in URIs shown as ****)."""
     settings = settings_or_exit()
     if as_json:
@@ -323,6 +326,7 @@ for command in [
     *gc.COMMANDS,
 ]:
     app.command()(command)  # type: ignore[type-var]
+app.add_typer(projects.app, name="project")
 app.add_typer(tenants.app, name="tenant")
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tuneloop.cli.common import JsonOpt, emit, err, out, run_guarded, settings_or_exit
+from tuneloop.cli.common import JsonOpt, ProjectOpt, emit, err, out, run_guarded, settings_or_exit
 
 
 def train(
@@ -30,6 +30,7 @@ def train(
         ),
     ] = None,
     as_json: JsonOpt = False,
+    project: ProjectOpt = None,
 ) -> None:
     """Train one continual LoRA round on a snapshot, evaluate it against the champion, register it.
 
@@ -67,6 +68,7 @@ def evaluate(
     version: Annotated[str, typer.Argument(help="Registered version number, or an alias such as champion.")],
     data: Annotated[Path, typer.Option("--data", help="Labelled CSV, JSONL or Parquet file.")],
     as_json: JsonOpt = False,
+    project: ProjectOpt = None,
 ) -> None:
     """Score a registered version on a labelled file: accuracy, macro-F1, per-label F1, confusion."""
     from tuneloop.steps.evaluate import evaluate_step
@@ -98,6 +100,7 @@ def approve(
     reject: Annotated[bool, typer.Option("--reject", help="Reject instead of approve.")] = False,
     note: Annotated[str, typer.Option(help="Why (recorded on the version).")] = "",
     as_json: JsonOpt = False,
+    project: ProjectOpt = None,
 ) -> None:
     """Approve (or reject) a version: the same as setting the tags approval and approval_by in the UI."""
     from tuneloop.steps.release import approve_step
@@ -119,6 +122,7 @@ def promote(
         ),
     ] = False,
     as_json: JsonOpt = False,
+    project: ProjectOpt = None,
 ) -> None:
     """Point `champion` at an approved version now (the first model, or break-glass).
 
@@ -150,6 +154,7 @@ def convert(
         str, typer.Option(help="'auto' (build where TensorRT and a GPU exist) or 'off'.")
     ] = "auto",
     as_json: JsonOpt = False,
+    project: ProjectOpt = None,
 ) -> None:
     """Export ONNX, fuse, quantise to INT8 (and build a TensorRT engine on a GPU), then gate on parity.
 
@@ -186,6 +191,7 @@ def compress(
         str, typer.Argument(help="Registered version number, or an alias such as challenger.")
     ],
     as_json: JsonOpt = False,
+    project: ProjectOpt = None,
 ) -> None:
     """Distil depth students of a version from its merged model and judge each against it.
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tuneloop.cli.common import JsonOpt, emit, fail, out, run_guarded, settings_or_exit
+from tuneloop.cli.common import JsonOpt, ProjectOpt, emit, fail, out, run_guarded, settings_or_exit
 
 
 def redact(
@@ -23,6 +23,7 @@ def redact(
         ),
     ] = False,
     as_json: JsonOpt = False,
+    project: ProjectOpt = None,
 ) -> None:
     """Replace personal data with typed placeholders, as every door of the loop does.
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tuneloop.cli.common import JsonOpt, emit, fail, out, run_guarded, settings_or_exit
+from tuneloop.cli.common import JsonOpt, ProjectOpt, emit, fail, out, run_guarded, settings_or_exit
 from tuneloop.cli.tables import Column, print_table
 
 DEFAULT_METRICS = "http://127.0.0.1:3000/metrics"
@@ -53,6 +53,7 @@ def rollout(
     ] = None,
     by: Annotated[str | None, typer.Option("--by", help="Who (default: $TUNELOOP_USER or $USER).")] = None,
     as_json: JsonOpt = False,
+    project: ProjectOpt = None,
 ) -> None:
     """Canary a version through the policy's steps; promote it, or roll it back on the first failed check.
 
@@ -89,6 +90,7 @@ def rollback(
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded on the version).")],
     by: Annotated[str | None, typer.Option("--by", help="Who (default: $TUNELOOP_USER or $USER).")] = None,
     as_json: JsonOpt = False,
+    project: ProjectOpt = None,
 ) -> None:
     """Back to the last known good version now: withdraw a canary, or move champion to previous."""
     from tuneloop.steps.rollout_state import rollback_step
@@ -114,6 +116,7 @@ def history(
     limit: Annotated[int, typer.Option(help="Most records to show, newest first.")] = 50,
     wide: Annotated[bool, typer.Option("--wide", help="Every column at full width.")] = False,
     as_json: JsonOpt = False,
+    project: ProjectOpt = None,
 ) -> None:
     """Audit records: alias moves (who, when, why, from -> to, figures), approvals, rollouts."""
     from tuneloop.steps.rollout_state import history_step

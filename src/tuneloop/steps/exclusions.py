@@ -30,7 +30,7 @@ def exclude_step(
 
     snap.load_manifest(settings.snapshots_dir, snapshot)  # a clear error for an unknown id
     event = exclusions.record_exclusion(
-        settings.home_dir,
+        settings.data_dir,
         settings.ledger_dir,
         snapshot,
         reason=reason,

@@ -31,7 +31,7 @@ class LineageError(IngestError):
 
 def ingest_config(settings: Settings) -> IngestConfig:
     return IngestConfig(
-        home=settings.home_dir,
+        home=settings.data_dir,
         text_column=settings.text_column,
         label_column=settings.label_column,
         max_text_chars=settings.max_text_chars,

@@ -81,7 +81,7 @@ def redact_check(settings: Settings) -> dict[str, Any]:
     from tuneloop.data.stored import places, texts_in
 
     redactor = redactor_for(settings)
-    cfg = IngestConfig(home=settings.home_dir)  # the folders only
+    cfg = IngestConfig(home=settings.data_dir)  # the folders only
     files: list[dict[str, Any]] = []
     total: Counter[str] = Counter()
     scanned = 0

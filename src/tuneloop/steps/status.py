@@ -48,7 +48,9 @@ def data_status(settings: Settings) -> dict[str, Any]:
         files_quarantined += len(record.get("files_quarantined", []))
     quota = settings.golden_per_label
     return {
-        "home": str(settings.home_dir),
+        "home": str(settings.data_dir),  # the project's folder (<home> for the default project)
+        "project": settings.project,
+        "model_name": settings.model_name,
         "snapshots": snapshots,
         "labels": {label: dict(c) for label, c in sorted(per_label.items())},
         # Labels the per-label forgetting check does not guard yet: short of their golden quota.
