@@ -398,3 +398,25 @@ def test_the_metrics_callback_counts_requests_errors_and_throttles_per_tenant() 
         count_tenant("zeta", "cards", status)
     after = {name: value(name) - before[name] for name in before}
     assert after == {"requests": 6, "errors": 3, "throttled": 1}
+
+
+def test_the_installed_command_prints_only_the_token_on_stdout(home: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    tuneloop = Path(sys.executable).with_name("tuneloop")
+    env = {k: v for k, v in os.environ.items() if k != "TUNELOOP_TENANTS_FILE"} | {"TUNELOOP_HOME": str(home)}
+    done = subprocess.run(
+        [str(tuneloop), "tenant", "add", "acme", "--projects", "cards"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    token = done.stdout.splitlines()[-1]
+    assert done.stdout == token + "\n" and "shown this once" in done.stderr
+    listed = subprocess.run(
+        [str(tuneloop), "tenant", "list", "--json"], capture_output=True, text=True, env=env
+    )
+    assert json.loads(listed.stdout)["tenants"][0]["projects"] == ["cards"] and token not in listed.stdout
