@@ -32,6 +32,9 @@ class LoadedModel:
     predictor: Predictor
     notes: tuple[str, ...] = ()  # why better backends stepped aside
     model: str = "teacher"  # the version's `serves` tag: its own model, or a student ("student-3L")
+    # Bytes of the weights the predictor holds (the graph or the parameters): what the memory budget
+    # of a many-project service counts (serve/pool.py); 0 when unknown.
+    nbytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -185,7 +185,9 @@ class FeedbackDesk:
                 )
         return record
 
-    async def take(self, request_id: str, index: int, label: str, text: str | None) -> Feedback:
+    async def take(
+        self, request_id: str, index: int, label: str, text: str | None, tenant: str | None = None
+    ) -> Feedback:
         """Check, claim (once per item), count and land one feedback; raises FeedbackRefused.
 
         The label and text are redacted first (`redact`, the service's redactor, as /classify did
@@ -202,6 +204,8 @@ class FeedbackDesk:
         row = None
         if text is not None:
             row = {"text": text, "label": label, "model_version": version, "predicted": predicted}
+            if tenant is not None:  # credited to the tenant whose token sent it (audit, exclusion)
+                row["tenant"] = tenant
         await asyncio.to_thread(self._keep, record, index, row)
         correct = predicted == label
         self.observer.feedback(version, correct)

@@ -15,6 +15,11 @@ what failed and when, with secrets masked (a registry URI's password, MLflow's t
 
 After a promotion the old champion stays in the bundle's `retained` models for `retain_s`, so
 moving `champion` back is a swap in memory: no download, no cold start.
+
+Memory (many projects in one service, serve/pool.py): a follower can be dormant. It still reads the
+registry every poll (so /status, the sync age and the canary weight stay true) but holds and loads
+no model. `evict()` makes it dormant and drops its models; `wake()` (a request for its project)
+starts loading again. A lazy follower starts dormant: its project loads on its first request.
 """
 
 from __future__ import annotations
@@ -102,6 +107,8 @@ class Follower:
         warm_texts: Sequence[str] = WARM_TEXTS,
         clock: Callable[[], float] = time.monotonic,
         on_sync: Callable[[float], None] | None = None,
+        lazy: bool = False,
+        on_loaded: Callable[[LoadedModel], None] | None = None,
     ) -> None:
         self.source = source
         self.poll_s, self.retain_s, self.retry_failed_s = poll_s, retain_s, retry_failed_s
@@ -127,6 +134,9 @@ class Follower:
         self.weight_problem: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.dormant = lazy  # holds and loads no model until wake()
+        self.evictions = 0
+        self._on_loaded = on_loaded  # told of each model installed (the pool checks its budget)
 
     # --- the loop ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -190,7 +200,9 @@ class Follower:
     def _start_loads(self, state: RegistryState) -> list[_Load]:
         """Start a load for each wanted version that is not held, loading, or failed recently."""
         held = {**self.bundle.loaded(), **self._fresh}
-        started = []
+        started: list[_Load] = []
+        if self.dormant:
+            return started
         for version in {state.aliases.get("champion"), state.aliases.get("canary")} - {None}:
             assert version is not None
             if version in held or version in self._loading:
@@ -231,11 +243,61 @@ class Follower:
                 log.warning("tuneloop serve: v%s finished loading after it was given up; dropped", version)
                 return
             del self._loading[version]
+            if self.dormant:  # evicted while it loaded: the next wake() loads it again
+                return
             self._failed.pop(version, None)
             self.loads[version] = self.loads.get(version, 0) + 1
             self._fresh[version] = model
             self._assemble()
         log.info("tuneloop serve: v%s loaded with %s", version, model.backend)
+        if self._on_loaded is not None:
+            self._on_loaded(model)
+
+    def settled(self) -> bool:
+        """The registry was read and its champion, if it names one, is loaded."""
+        state = self._state
+        return state is not None and (
+            state.aliases.get("champion") is None or self.bundle.champion is not None
+        )
+
+    # --- memory ---------------------------------------------------------------------------------
+    def held_bytes(self) -> int:
+        """Weight bytes of every model this follower holds (serving, retained, just loaded)."""
+        with self._lock:
+            held = {**self.bundle.loaded(), **self._fresh}
+        return sum(m.nbytes for m in held.values())
+
+    def evict(self) -> int:
+        """Drop every model and load none until `wake()`; returns the weight bytes let go.
+
+        A batch already running keeps the bundle it read until it ends; requests after this one
+        see no champion and wake the follower.
+        """
+        with self._lock:
+            held = {**self.bundle.loaded(), **self._fresh}
+            self.dormant = True
+            self._fresh = {}
+            self._expiry.clear()
+            self.bundle = Bundle(None, None, self.bundle.canary_weight, ())
+            self.evictions += 1
+        freed = sum(m.nbytes for m in held.values())
+        del held
+        settle_heap()
+        return freed
+
+    def wake(self) -> bool:
+        """Load again (a dormant follower's project was asked for); True when it was dormant.
+
+        The registry read and the loads run in a thread: the caller (the event loop) never waits.
+        """
+        with self._lock:
+            if not self.dormant:
+                return False
+            self.dormant = False
+        threading.Thread(
+            target=self.poll_once, kwargs={"wait": False}, name="tuneloop-wake", daemon=True
+        ).start()
+        return True
 
     def _expire_loads(self) -> None:
         """Give up loads running past `load_timeout_s` (under the lock)."""
@@ -333,4 +395,7 @@ class Follower:
                 "last_error": "; ".join(message for message, _ in errors) or None,
                 "last_error_at": max((at for _, at in errors), default=None),
                 "poll_s": self.poll_s,
+                "dormant": self.dormant,
+                "evictions": self.evictions,
+                "held_mb": round(sum(m.nbytes for m in bundle.loaded().values()) / 1e6, 1),
             }

@@ -8,16 +8,19 @@ match). Hardening that wraps every request (body-size limit, auth, overload answ
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from starlette.responses import JSONResponse
 
 app = FastAPI(title="tuneloop status", openapi_url=None, docs_url=None, redoc_url=None)
 
 
-def attach_middleware(service: Any, documented: Mapping[str, Mapping[int, str]] | None = None) -> None:
+def attach_middleware(
+    service: Any, documented: Mapping[str, Mapping[int, str]] | None = None, extra_json: Sequence[str] = ()
+) -> None:
     """Add ASGI middleware to the BentoML service (`service.add_asgi_middleware(cls, **options)`).
 
     `documented`: statuses the handlers answer beyond BentoML's 200/400/404/500, by route, which the
@@ -26,10 +29,24 @@ def attach_middleware(service: Any, documented: Mapping[str, Mapping[int, str]] 
     from tuneloop.serve.middleware import HardeningMiddleware, load_guard
 
     # Every BentoML API takes a JSON body by POST; the guard refuses other methods and types on them.
-    endpoints = {api.route: ["POST"] for api in service.apis.values()}
+    # `extra_json`: the POST routes of the mounted app (/v1/<project>/classify for each project).
+    endpoints = {api.route: ["POST"] for api in service.apis.values()} | {
+        route: ["POST"] for route in extra_json
+    }
     service.add_asgi_middleware(HardeningMiddleware, guard=load_guard(endpoints, documented))
 
 
-def error_response(status: int, message: str) -> Any:
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Any:
     """The JSON body every refused request gets: {"error": what to fix}."""
-    return JSONResponse({"error": message}, status_code=status)
+    return JSONResponse({"error": message}, status_code=status, headers=dict(headers or {}))
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid_body(request: Request, exc: RequestValidationError) -> Any:
+    """A body that fails a route's types: 400 with each problem by field, as the BentoML APIs say it
+    (middleware.py rewrites theirs), not FastAPI's 422 list."""
+    said = []
+    for problem in exc.errors():
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in problem.get("loc", ())[1:])
+        said.append(f"{loc.lstrip('.') or 'body'}: {problem.get('msg', 'invalid')}")
+    return error_response(400, "; ".join(said) or "the body is not valid JSON for this route")

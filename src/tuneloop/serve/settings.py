@@ -104,15 +104,49 @@ class ServeSettings(BaseSettings):
     fault_version: str | None = Field(
         None, description="Version whose model calls get the faults below (testing rollbacks)."
     )
+    fault_project: str = Field(
+        "default",
+        description="Project whose version fault_version names (versions of projects share numbers).",
+    )
     fault_error_rate: float = Field(
         0.0, ge=0, le=1, description="Share of that version's model calls that raise."
     )
     fault_latency_ms: float = Field(0.0, ge=0, description="Delay added to each of that version's calls.")
+    # --- many projects in one service (serve/pool.py) ------------------------------------------
+    projects: str = Field(
+        "",
+        description="Projects this service hosts, comma-separated; empty: every declared project "
+        "(`tuneloop project list`) and the default one.",
+    )
+    memory_mb: float = Field(
+        0.0,
+        ge=0,
+        description="Weight megabytes the loaded models may hold in each worker; past it the project "
+        "asked for least recently is evicted and loads again on its next request. 0: no budget, "
+        "every project loads at start.",
+    )
+    pinned: str = Field(
+        "*",
+        description="Projects whose models load at start and are never evicted, comma-separated; "
+        "'*': every project (then only the budget's report changes).",
+    )
+    cold_wait_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a request for an evicted or not yet loaded project waits for its model "
+        "before a 503 with Retry-After.",
+    )
     runtime: str | None = Field(
         None,
         description="module:function building a stand-in for the registry source (benchmarks/serve.py); "
         "unset: the MLflow registry.",
     )
+
+    def pinned_projects(self, hosted: list[str]) -> frozenset[str]:
+        """The hosted projects that are pinned."""
+        if self.pinned.strip() == "*":
+            return frozenset(hosted)
+        return frozenset(p.strip() for p in self.pinned.split(",") if p.strip()) & frozenset(hosted)
 
     @model_validator(mode="after")
     def _sync_age_spans_a_poll(self) -> ServeSettings:

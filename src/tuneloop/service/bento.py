@@ -10,7 +10,14 @@ mechanism of the serve stage.
     POST /feedback  {"request_id", "index": 0, "label", "text": optional} -> counted (and landed),
                     once per (request, item); `text` must be the text that item classified
     GET  /status    versions per alias, backends, canary weight, last sync, its age and its error
-    /livez /readyz (503 until a champion is loaded and warmed) /metrics, OpenAPI at /docs
+    POST /v1/<project>/classify, /v1/<project>/feedback, GET /v1/<project>/status: the same for
+                    each project hosted (`/classify` and `/feedback` are the default project's)
+    /livez /readyz (503 until the pinned projects' champions are loaded and warmed) /metrics,
+    OpenAPI at /docs
+
+Many projects (service/project.py): one ProjectServer each, with its own follower, batcher,
+breaker, feedback desk and metrics label; a memory pool (serve/pool.py) loads unpinned projects on
+demand and evicts the least recently used under TUNELOOP_SERVE_MEMORY_MB.
 
 Bearer tokens (serve/middleware.py): TUNELOOP_API_TOKEN opens every path; TUNELOOP_METRICS_TOKEN
 only /metrics and /status, TUNELOOP_CLASSIFY_TOKEN /classify and /docs.json, TUNELOOP_FEEDBACK_TOKEN
@@ -23,58 +30,55 @@ from __future__ import annotations
 
 import importlib
 import logging
-import time
-import uuid
 from typing import Any
 
 import bentoml
-from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
+from fastapi import Request
+from pydantic import BaseModel
 
-from tuneloop.config import load_settings, mask_secrets
+from tuneloop.config import DEFAULT_PROJECT, load_settings
+from tuneloop.projects import project_names
 from tuneloop.serve import http
 from tuneloop.serve.backends import threads_per_session
-from tuneloop.serve.batching import ItemBatcher, Overloaded
-from tuneloop.serve.breaker import CircuitBreaker
-from tuneloop.serve.feedback import ClaimBook, FeedbackDesk, FeedbackRefused
-from tuneloop.serve.follower import Follower
-from tuneloop.serve.freshness import canary_hold
-from tuneloop.serve.limits import Limits, classify_problem
-from tuneloop.serve.metrics import PrometheusObserver
 from tuneloop.serve.middleware import configured_tokens
-from tuneloop.serve.routing import item_key
+from tuneloop.serve.pool import ModelPool
 from tuneloop.serve.scopes import describe_auth, unopened_paths
-from tuneloop.serve.scoring import Fault, Item, NotReady, score_items
-from tuneloop.serve.settings import load_serve_settings
-from tuneloop.serve.tokens import RequestRecord, load_or_create_secret, sign_request, text_digest
-from tuneloop.steps.privacy import redactor_for
+from tuneloop.serve.settings import ServeSettings, load_serve_settings
+from tuneloop.serve.tokens import load_or_create_secret
+from tuneloop.service.project import ClassifyResponse, FeedbackResponse, ProjectServer
 from tuneloop.steps.serve import RegistrySource
 
+
+def hosted_projects(serve: ServeSettings) -> list[str]:
+    """The projects this service hosts: TUNELOOP_SERVE_PROJECTS, else every declared one."""
+    declared = project_names(load_settings(project=DEFAULT_PROJECT))
+    if not serve.projects.strip():
+        return declared
+    wanted = [p.strip() for p in serve.projects.split(",") if p.strip()]
+    unknown = [p for p in wanted if p not in declared]
+    if unknown:
+        raise ValueError(
+            f"TUNELOOP_SERVE_PROJECTS names {', '.join(unknown)}, which are not declared "
+            f"(declared: {', '.join(declared)}); `tuneloop project list` shows them"
+        )
+    return wanted
+
+
 SERVE = load_serve_settings()  # read once per process: the worker count shapes the class below
+HOSTED = hosted_projects(SERVE)  # and the routes the middleware guards as JSON endpoints
 log = logging.getLogger("tuneloop.serve")
 
 
-class Scored(BaseModel):
+class ClassifyRequest(BaseModel):
+    texts: list[str]
+    key: str | None = None
+
+
+class FeedbackRequest(BaseModel):
+    request_id: str
     label: str
-    score: float
-
-
-class Prediction(Scored):
-    top_k: list[Scored]
-    model_version: str
-
-
-class ClassifyResponse(BaseModel):
-    request_id: str = Field(description="Signed; send it back with /feedback.")
-    predictions: list[Prediction]
-
-
-class FeedbackResponse(BaseModel):
-    model_version: str
-    predicted: str
-    label: str
-    correct: bool
-    landed: bool = Field(description="Whether the labelled text was written to the landing folder.")
+    index: int = 0
+    text: str | None = None
 
 
 def build_source(settings: Any, serve: Any, threads: int) -> Any:
@@ -89,13 +93,33 @@ def build_source(settings: Any, serve: Any, threads: int) -> Any:
     return RegistrySource(settings, serve, threads)
 
 
+def _tenant(request: Request | None) -> tuple[str | None, int | None]:
+    """(tenant id, its texts-per-request quota) the middleware found for this request's token."""
+    if request is None:
+        return None, None
+    found = request.scope.get("tuneloop.tenant")
+    if found is None:
+        return None, None
+    return found.id, found.max_texts
+
+
+def _keep_status(ctx: Any, answer: Any) -> Any:
+    """`answer`, with its status kept: BentoML sets the status of a response returned by an API that
+    takes a Context from `ctx.response`, 200 unless told."""
+    status = getattr(answer, "status_code", None)
+    if status is not None:
+        ctx.response.status_code = status
+    return answer
+
+
 @bentoml.service(name="tuneloop", workers=SERVE.workers, traffic={"timeout": 60})
 @bentoml.asgi_app(http.app, path="/")
 class TuneloopService:
-    """Serves `champion` and, for a share of items, `canary`, as the MLflow registry says."""
+    """Serves each project's `champion` and, for a share of items, its `canary`, as the MLflow
+    registry says."""
 
     def __init__(self) -> None:
-        self.settings = load_settings()
+        self.settings = load_settings(project=DEFAULT_PROJECT)
         self.serve = load_serve_settings()
         tokens = configured_tokens()
         self.auth = describe_auth(tokens)
@@ -110,142 +134,123 @@ class TuneloopService:
             closed = unopened_paths(tokens)
             if closed:
                 log.warning("tuneloop serve: no configured token opens %s", ", ".join(closed))
-        # Personal data is replaced before a text reaches the model, a digest, a log or the landing
-        # folder: the same redactor as ingest, so the model sees the placeholders it learnt on.
-        self.redactor = redactor_for(self.settings)
         threads = self.serve.threads or threads_per_session(self.serve.workers)
-        source = build_source(self.settings, self.serve, threads)
-        self.observer = PrometheusObserver()
-        self.follower = Follower(
-            source,
-            poll_s=self.serve.poll_s,
-            retain_s=self.serve.retain_s,
-            retry_failed_s=self.serve.retry_failed_s,
-            load_timeout_s=self.serve.load_timeout_s,
-            on_sync=self.observer.synced,
-        )
         home = self.settings.home_dir / "serve"
         cache = self.serve.cache_dir or home
-        self.secret = (
-            self.serve.secret.encode() if self.serve.secret else load_or_create_secret(cache / "secret")
+        secret = self.serve.secret.encode() if self.serve.secret else load_or_create_secret(cache / "secret")
+        budget = int(self.serve.memory_mb * 1e6)
+        pinned = self.serve.pinned_projects(HOSTED)
+        self.servers: dict[str, ProjectServer] = {}
+        for name in HOSTED:
+            settings = load_settings(project=name)
+            source = build_source(settings, self.serve, threads)
+            lazy = budget > 0 and name not in pinned
+            self.servers[name] = ProjectServer(settings, self.serve, source, secret, home, lazy=lazy)
+        self.pool = ModelPool(
+            {name: server.follower for name, server in self.servers.items()},
+            budget,
+            pinned,
+            on_evict=lambda name, freed: self.servers[name].observer.model_evicted(freed),
         )
-        self.limits = Limits(self.serve.max_texts, self.serve.max_chars, self.serve.max_key_chars)
-        self.breaker = CircuitBreaker(self.serve.breaker_failures, self.serve.breaker_cooldown_s)
-        self.desk = FeedbackDesk(
-            secret=self.secret,
-            max_age_s=self.serve.feedback_max_age_s,
-            label_pattern=self.settings.label_pattern,
-            max_chars=self.serve.max_chars,
-            claims=ClaimBook(
-                self.serve.feedback_claims_dir or home / "feedback-claims", self.serve.feedback_max_age_s
-            ),
-            landing=self.settings.landing_dir,
-            observer=self.observer,
-            redact=self._redact_feedback,
-        )
-        self.fault = Fault(self.serve.fault_version, self.serve.fault_error_rate, self.serve.fault_latency_ms)
-        self.batcher = ItemBatcher(self._score, self.serve.max_batch_size, self.serve.max_latency_ms)
-        self.follower.start()
-
-    async def _redact(self, texts: list[str]) -> list[str]:
-        """The texts with personal data replaced; Presidio runs off the event loop, and only when a
-        text may hold an entity (a digit or an '@'), so most requests cost a regex scan."""
-        if not any(self.redactor.may_hold(t) for t in texts):
-            return texts
-        done = await run_in_threadpool(lambda: [self.redactor.redact(t) for t in texts])
-        found: dict[str, int] = {}
-        for item in done:
-            for entity, n in item.found.items():
-                found[entity] = found.get(entity, 0) + n
-        self.observer.personal_data("classify", found)
-        return [item.text for item in done]
-
-    def _redact_feedback(self, text: str) -> str:
-        done = self.redactor.redact(text)
-        self.observer.personal_data("feedback", done.found)
-        return done.text
+        for server in self.servers.values():
+            server.on_loaded = lambda project: self.pool.enforce(spare=project)
+            server.follower.start()
 
     def __is_ready__(self) -> bool:
-        return self.follower.bundle.champion is not None
+        """Every pinned project's champion is loaded and warmed (a project whose registered model
+        names no champion has nothing to wait for), and at least one champion answers."""
+        pinned = [s for name, s in self.servers.items() if name in self.pool.pinned]
+        answering = any(s.follower.bundle.champion is not None for s in self.servers.values())
+        return answering and all(s.follower.settled() for s in pinned)
 
-    def _canary_hold(self) -> str | None:
-        return canary_hold(self.follower.sync_age(), self.serve.max_sync_age_s)
+    async def _server(self, project: str) -> Any:
+        """The project's server with its model at hand, or the error response saying why not."""
+        server = self.servers.get(project)
+        if server is None:
+            return None, http.error_response(
+                404, f"project {project!r} is not served here (served: {', '.join(self.servers)})"
+            )
+        if project not in self.pool.pinned and not await self.pool.ready(project, self.serve.cold_wait_s):
+            return None, http.error_response(
+                503,
+                f"project {project}'s model is still loading after {self.serve.cold_wait_s:.0f} s; retry",
+                {"retry-after": "5"},
+            )
+        return server, None
 
-    def _score(self, items: list[Item]) -> list[dict[str, Any]]:
-        return score_items(
-            self.follower.bundle,  # read once: the whole batch uses this bundle
-            items,
-            breaker=self.breaker,
-            observer=self.observer,
-            top_k=self.serve.top_k,
-            shadow_share=self.serve.shadow_share,
-            fault=self.fault,
-            canary_open=self._canary_hold() is None,
-        )
+    async def _classify(self, project: str, texts: list[str], key: str | None, request: Any) -> Any:
+        server, refused = await self._server(project)
+        if refused is not None:
+            return refused
+        _, max_texts = _tenant(request)
+        return await server.classify(texts, key, max_texts)
+
+    async def _feedback(
+        self, project: str, request_id: str, label: str, index: int, text: str | None, request: Any
+    ) -> Any:
+        server = self.servers.get(project)
+        if server is None:
+            return http.error_response(404, f"project {project!r} is not served here")
+        tenant, _ = _tenant(request)
+        return await server.feedback(request_id, label, index, text, tenant)
 
     @bentoml.api(route="/classify")
-    async def classify(self, texts: list[str], key: str | None = None) -> ClassifyResponse:
-        """Classify texts; `key` pins a caller to one side of a canary (same key, same version)."""
-        problem = classify_problem(texts, key, self.limits)
-        if problem:
-            return http.error_response(400, problem)
-        texts = await self._redact(texts)
-        nonce = uuid.uuid4().hex
-        items = [Item(text, item_key(key, nonce, i)) for i, text in enumerate(texts)]
-        try:
-            predictions = await self.batcher.submit(items)
-        except NotReady as exc:
-            return http.error_response(503, f"{exc}; retry when /readyz answers 200")
-        except Overloaded as exc:
-            return http.error_response(503, str(exc))
-        except Exception as exc:  # the model failed on this request's items (the batcher isolates them)
-            message = mask_secrets(f"{type(exc).__name__}: {exc}")
-            log.error("tuneloop serve: /classify failed: %s", message)
-            return http.error_response(500, f"the model failed on these texts: {message}")
-        record = RequestRecord(
-            nonce,
-            time.time(),
-            tuple((p["model_version"], p["label"]) for p in predictions),
-            tuple(text_digest(self.secret, text) for text in texts),
-        )
-        return ClassifyResponse(
-            request_id=sign_request(self.secret, record),
-            predictions=[Prediction(**p) for p in predictions],
-        )
+    async def classify(
+        self, ctx: bentoml.Context, texts: list[str], key: str | None = None
+    ) -> ClassifyResponse:
+        """Classify texts with the default project's model; `key` pins a caller to one side of a
+        canary (same key, same version). Other projects: POST /v1/<project>/classify."""
+        return _keep_status(ctx, await self._classify(DEFAULT_PROJECT, texts, key, ctx.request))
 
     @bentoml.api(route="/feedback")
     async def feedback(
-        self, request_id: str, label: str, index: int = 0, text: str | None = None
+        self, ctx: bentoml.Context, request_id: str, label: str, index: int = 0, text: str | None = None
     ) -> FeedbackResponse:
         """Say what the right label was for item `index` of a request, once; with `text` (exactly the
         text that item classified), land it for training."""
-        try:
-            taken = await self.desk.take(request_id, index, label, text)
-        except FeedbackRefused as exc:
-            return http.error_response(exc.status, str(exc))
-        return FeedbackResponse(
-            model_version=taken.model_version,
-            predicted=taken.predicted,
-            label=taken.label,
-            correct=taken.correct,
-            landed=taken.landed,
+        return _keep_status(
+            ctx, await self._feedback(DEFAULT_PROJECT, request_id, label, index, text, ctx.request)
         )
+
+    @http.app.post("/v1/{project}/classify")
+    async def classify_project(self, project: str, body: ClassifyRequest, request: Request) -> Any:
+        """Classify texts with `project`'s model (a tenant token allowed on it)."""
+        return await self._classify(project, body.texts, body.key, request)
+
+    @http.app.post("/v1/{project}/feedback")
+    async def feedback_project(self, project: str, body: FeedbackRequest, request: Request) -> Any:
+        """Feedback on an answer of `project` (the tenant is credited in the landed row)."""
+        return await self._feedback(project, body.request_id, body.label, body.index, body.text, request)
+
+    @http.app.get("/v1/{project}/status")
+    def project_status(self, project: str) -> Any:
+        """What this worker serves for `project`."""
+        server = self.servers.get(project)
+        if server is None:
+            return http.error_response(404, f"project {project!r} is not served here")
+        return {**server.status(), "memory": self.pool.describe(), "auth": self.auth}
 
     @http.app.get("/status")
     def status(self) -> dict[str, Any]:
-        """What this worker serves and when it last synced with the registry."""
-        status = self.follower.status()
-        hold = self._canary_hold()
-        if hold is not None:
-            status["canary_weight"] = 0.0
-        return {
-            **status,
-            "canary_hold": hold,
-            "max_sync_age_s": self.serve.max_sync_age_s,
-            "breaker": self.breaker.state,
-            "auth": self.auth,
-            "model": self.settings.model_name,
+        """The default project's status (as before projects), each project's summary, the memory."""
+        default = self.servers.get(DEFAULT_PROJECT)
+        summary = {
+            name: {
+                "ready": s.follower.bundle.champion is not None,
+                "champion": s.follower.bundle.champion and s.follower.bundle.champion.version,
+                "canary": s.follower.bundle.canary and s.follower.bundle.canary.version,
+                "canary_weight": s.follower.bundle.effective_weight,
+                "dormant": s.follower.dormant,
+                "model": s.settings.model_name,
+            }
+            for name, s in self.servers.items()
         }
+        base = default.status() if default is not None else {"ready": False}
+        return {**base, "auth": self.auth, "projects": summary, "memory": self.pool.describe()}
+
+
+def _project_routes(kind: str) -> list[str]:
+    return [f"/v1/{name}/{kind}" for name in HOSTED]
 
 
 # What the handlers answer beyond BentoML's documented 200, 400, 404 and 500.
@@ -253,4 +258,6 @@ EXTRA_STATUSES = {
     "/classify": {503: "No champion is loaded yet, or the worker is overloaded: retry shortly."},
     "/feedback": {409: "Feedback on this item of this request was given already: it is taken once."},
 }
-http.attach_middleware(TuneloopService, EXTRA_STATUSES)
+http.attach_middleware(
+    TuneloopService, EXTRA_STATUSES, extra_json=_project_routes("classify") + _project_routes("feedback")
+)

@@ -107,7 +107,18 @@ class RegistrySource:
         return self._registry
 
     def read_state(self) -> RegistryState:
-        model = self.registry.client.get_registered_model(self.settings.model_name)
+        from mlflow.exceptions import MlflowException
+
+        from tuneloop.registry.client import is_not_found
+
+        try:
+            model = self.registry.client.get_registered_model(self.settings.model_name)
+        except MlflowException as exc:
+            if not is_not_found(exc):
+                raise
+            # A project declared but never trained yet: nothing to serve, which is not an error
+            # (its /v1/<project>/classify answers 503 until a first version is promoted).
+            return RegistryState(aliases={}, canary_weight=0.0)
         aliases = {str(a): str(v) for a, v in (model.aliases or {}).items()}
         weight, problem = parse_weight((model.tags or {}).get(CANARY_WEIGHT_TAG))
         return RegistryState(aliases=aliases, canary_weight=weight, weight_problem=problem)
@@ -126,7 +137,8 @@ class RegistrySource:
             try:
                 predictor = self._load(backend, info, work)
                 serves = info.tags.get("serves", "teacher") if backend != "torch" else "teacher"
-                return LoadedModel(version, backend, predictor, tuple(notes), serves)
+                nbytes = _weight_bytes(work)  # read before `finally` removes the download
+                return LoadedModel(version, backend, predictor, tuple(notes), serves, nbytes)
             except IntegrityError:
                 raise
             except Exception as exc:
@@ -184,6 +196,15 @@ class RegistrySource:
         if actual != info.tags["trt_sha256"]:
             raise IntegrityError(f"{name}: sha256 {actual} but the version records {info.tags['trt_sha256']}")
         return TrtPredictor(plan, support, self.serve.max_tokens)
+
+
+# The files a backend builds its model from: the weights in memory are about their size.
+WEIGHT_SUFFIXES = (".onnx", ".safetensors", ".bin", ".plan", ".engine")
+
+
+def _weight_bytes(folder: Path) -> int:
+    """Bytes of the weight files downloaded under `folder` (what the memory budget counts)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
 
 
 class TrtPredictor:
