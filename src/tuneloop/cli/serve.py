@@ -56,8 +56,23 @@ def serve(
             help="Serve on a non-loopback address without a bearer token (auth done in front).",
         ),
     ] = False,
+    project: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--project",
+            help="Host only this project (repeat for several); default: every declared project "
+            "(TUNELOOP_SERVE_PROJECTS).",
+        ),
+    ] = None,
 ) -> None:
     """Serve champion (and canary) from the registry: POST /classify, /feedback; GET /status, /metrics.
+
+    Every declared project is served at POST /v1/<project>/classify and /v1/<project>/feedback
+    (GET /v1/<project>/status), each following its own registered model's aliases and canary
+    weight; /classify and /feedback are the default project's. Callers present a tenant's token
+    (`tuneloop tenant add`), allowed on that project and held to its quota (429 with Retry-After).
+    With TUNELOOP_SERVE_MEMORY_MB, projects not in TUNELOOP_SERVE_PINNED load on their first
+    request and the least recently used is evicted past the budget.
 
     Each worker follows the registry on its own (TUNELOOP_SERVE_POLL_S); same as
     `bentoml serve tuneloop.service:TuneloopService`. Stops on Ctrl-C after in-flight requests.
@@ -65,19 +80,26 @@ def serve(
     _CLASSIFY_TOKEN, _FEEDBACK_TOKEN for one scope each) it listens only on a loopback address,
     unless told --insecure.
     """
+    from tuneloop.cli.common import settings_or_exit
     from tuneloop.steps.serve import TOKEN_VARIABLES, service_tokens
+    from tuneloop.steps.tenants import tenants_file
 
     try:
         tokens = service_tokens()
     except ValueError as exc:  # two variables share a token: the service would refuse it too
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    problem = exposure_problem(host, tokens, insecure, TOKEN_VARIABLES)
+    tenants = tenants_file(settings_or_exit())
+    if tenants.exists():  # tenants' tokens turn auth on as a token variable does
+        tokens = {**tokens, "tenants file": str(tenants)}
+    problem = exposure_problem(host, tokens, insecure, [*TOKEN_VARIABLES, "a tenant (`tuneloop tenant add`)"])
     if problem:
         typer.echo(f"error: {problem}", err=True)
         raise typer.Exit(2)
     if workers is not None:
         os.environ["TUNELOOP_SERVE_WORKERS"] = str(workers)
+    if project:
+        os.environ["TUNELOOP_SERVE_PROJECTS"] = ",".join(project)
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
     args = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port)]
     # exec: the server is this process, so signals from the shell or a supervisor reach it directly.

@@ -26,6 +26,7 @@ def attach_middleware(
     `documented`: statuses the handlers answer beyond BentoML's 200/400/404/500, by route, which the
     OpenAPI document at /docs.json should list.
     """
+    from tuneloop.serve.metrics import count_tenant
     from tuneloop.serve.middleware import HardeningMiddleware, load_guard
 
     # Every BentoML API takes a JSON body by POST; the guard refuses other methods and types on them.
@@ -33,7 +34,9 @@ def attach_middleware(
     endpoints = {api.route: ["POST"] for api in service.apis.values()} | {
         route: ["POST"] for route in extra_json
     }
-    service.add_asgi_middleware(HardeningMiddleware, guard=load_guard(endpoints, documented))
+    service.add_asgi_middleware(
+        HardeningMiddleware, guard=load_guard(endpoints, documented, on_tenant=count_tenant)
+    )
 
 
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Any:

@@ -44,6 +44,8 @@ from tuneloop.serve.middleware import configured_tokens
 from tuneloop.serve.pool import ModelPool
 from tuneloop.serve.scopes import describe_auth, unopened_paths
 from tuneloop.serve.settings import ServeSettings, load_serve_settings
+from tuneloop.serve.tenant_gate import TenantGate
+from tuneloop.serve.tenants import tenant_of, tenants_path, texts_refusal
 from tuneloop.serve.tokens import load_or_create_secret
 from tuneloop.service.project import ClassifyResponse, FeedbackResponse, ProjectServer
 from tuneloop.steps.serve import RegistrySource
@@ -93,14 +95,10 @@ def build_source(settings: Any, serve: Any, threads: int) -> Any:
     return RegistrySource(settings, serve, threads)
 
 
-def _tenant(request: Request | None) -> tuple[str | None, int | None]:
-    """(tenant id, its texts-per-request quota) the middleware found for this request's token."""
-    if request is None:
-        return None, None
-    found = request.scope.get("tuneloop.tenant")
-    if found is None:
-        return None, None
-    return found.id, found.max_texts
+def _tenant(request: Any) -> str | None:
+    """The tenant the middleware admitted this request for (None: an env token, or auth off)."""
+    grant = tenant_of(request.scope)
+    return grant.id if grant is not None else None
 
 
 def _keep_status(ctx: Any, answer: Any) -> Any:
@@ -122,8 +120,12 @@ class TuneloopService:
         self.settings = load_settings(project=DEFAULT_PROJECT)
         self.serve = load_serve_settings()
         tokens = configured_tokens()
-        self.auth = describe_auth(tokens)
-        if not tokens:
+        tenants = TenantGate(tenants_path(self.settings.home_dir))
+        said = [describe_auth(tokens)] if tokens else []
+        if tenants.active():  # the file exists: auth is on even with no tenant in it yet
+            said.append("tenants: " + tenants.describe())
+        self.auth = "; ".join(said) or "off"
+        if not tokens and not tenants.active():
             log.warning(
                 "tuneloop serve: no bearer token is set (TUNELOOP_API_TOKEN, TUNELOOP_METRICS_TOKEN, "
                 "TUNELOOP_CLASSIFY_TOKEN, TUNELOOP_FEEDBACK_TOKEN): /classify, /feedback, /status "
@@ -182,8 +184,10 @@ class TuneloopService:
         server, refused = await self._server(project)
         if refused is not None:
             return refused
-        _, max_texts = _tenant(request)
-        return await server.classify(texts, key, max_texts)
+        too_many = texts_refusal(request.scope, len(texts))  # the tenant's texts-per-request quota
+        if too_many is not None:
+            return http.error_response(*too_many)
+        return await server.classify(texts, key)
 
     async def _feedback(
         self, project: str, request_id: str, label: str, index: int, text: str | None, request: Any
@@ -191,8 +195,7 @@ class TuneloopService:
         server = self.servers.get(project)
         if server is None:
             return http.error_response(404, f"project {project!r} is not served here")
-        tenant, _ = _tenant(request)
-        return await server.feedback(request_id, label, index, text, tenant)
+        return await server.feedback(request_id, label, index, text, _tenant(request))
 
     @bentoml.api(route="/classify")
     async def classify(
@@ -255,8 +258,15 @@ def _project_routes(kind: str) -> list[str]:
 
 # What the handlers answer beyond BentoML's documented 200, 400, 404 and 500.
 EXTRA_STATUSES = {
-    "/classify": {503: "No champion is loaded yet, or the worker is overloaded: retry shortly."},
-    "/feedback": {409: "Feedback on this item of this request was given already: it is taken once."},
+    "/classify": {
+        413: "More texts than the calling tenant may send at once.",
+        429: "The calling tenant is over its requests per second: retry after Retry-After seconds.",
+        503: "No champion is loaded yet, or the worker is overloaded: retry shortly.",
+    },
+    "/feedback": {
+        409: "Feedback on this item of this request was given already: it is taken once.",
+        429: "The calling tenant is over its requests per second: retry after Retry-After seconds.",
+    },
 }
 http.attach_middleware(
     TuneloopService, EXTRA_STATUSES, extra_json=_project_routes("classify") + _project_routes("feedback")

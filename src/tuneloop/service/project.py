@@ -158,15 +158,9 @@ class ProjectServer:
             canary_open=self.canary_hold() is None,
         )
 
-    async def classify(self, texts: list[str], key: str | None, max_texts: int | None = None) -> Any:
-        """A ClassifyResponse, or an error response (400 bad input, 503 not ready or overloaded).
-
-        `max_texts`: the calling tenant's texts-per-request quota, when lower than the service's.
-        """
-        limits = self.limits
-        if max_texts is not None and max_texts < limits.max_texts:
-            limits = Limits(max_texts, limits.max_chars, limits.max_key_chars)
-        problem = classify_problem(texts, key, limits)
+    async def classify(self, texts: list[str], key: str | None) -> Any:
+        """A ClassifyResponse, or an error response (400 bad input, 503 not ready or overloaded)."""
+        problem = classify_problem(texts, key, self.limits)
         if problem:
             return http.error_response(400, problem)
         texts = await self._redact(texts)
