@@ -68,6 +68,15 @@ def _build() -> dict[str, Any]:
             "Personal data found in request texts and replaced by placeholders",
             ["project", "entity", "endpoint"],
         ),
+        # Many projects under a memory budget (serve/pool.py): how often models come and go.
+        "loads": Counter(
+            "tuneloop_model_loads", "Model versions loaded (downloaded, built, warmed)", ["project"]
+        ),
+        "evictions": Counter(
+            "tuneloop_model_evictions",
+            "Projects whose models were dropped to stay under the budget",
+            ["project"],
+        ),
         "synced": Gauge(
             "tuneloop_registry_sync_timestamp_seconds",
             "Unix time of the last successful registry read (the stalest worker's)",
@@ -133,3 +142,11 @@ class PrometheusObserver:
     def synced(self, unix_time: float) -> None:
         """A registry read succeeded at `unix_time` (the follower's on_sync)."""
         self.m["synced"].labels(self.project).set(unix_time)
+
+    def model_loaded(self, nbytes: int) -> None:
+        """A version of this project was loaded (`nbytes` of weights)."""
+        self.m["loads"].labels(self.project).inc()
+
+    def model_evicted(self, nbytes: int) -> None:
+        """This project's models were dropped to keep the worker under its memory budget."""
+        self.m["evictions"].labels(self.project).inc()
