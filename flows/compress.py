@@ -13,19 +13,19 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from tuneloop.config import load_settings
+from tuneloop.config import DEFAULT_PROJECT, load_settings
 from tuneloop.steps.compress import compress_step
 
 
 @task(name="compress-version", retries=1, retry_delay_seconds=30)
-def compress_task(version: str) -> dict[str, Any]:
-    return compress_step(load_settings(), version)
+def compress_task(version: str, project: str) -> dict[str, Any]:
+    return compress_step(load_settings(project=project), version)
 
 
 @flow(name="compress", log_prints=True)
-def compress_flow(version: str) -> dict[str, Any]:
-    """Build, distil, judge and record the depth students of `version` (policy `compress`)."""
-    result = compress_task(version)
+def compress_flow(version: str, project: str = DEFAULT_PROJECT) -> dict[str, Any]:
+    """Build, distil, judge and record the depth students of `project`'s `version` (policy `compress`)."""
+    result = compress_task(version, project)
     for student in result["students"]:
         if "skipped" in student:
             line = f"skipped: {student['skipped']}"

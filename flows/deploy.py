@@ -35,6 +35,16 @@ The landing folder is polled every 15 minutes (ingest is idempotent, so an empty
 directory listing); `watch` reads the service's /metrics every 10 minutes: at ~10 requests a second
 that is ~6,000 answers, well past the 500 the drift check needs. `gc` runs daily at 04:00 UTC, after
 the round and the Sunday scan (retention in the policy, flows/gc.py).
+
+Projects (tuneloop.projects): every deployment above exists once per project, from one table
+(`planned_deployments`), with `parameters={"project": NAME}` and the tag `project:NAME`. The
+default project keeps the names above (`continual/loop`); another project's are suffixed with its
+name (`continual/loop-cards`). Each project's `continual` deployment has its own concurrency limit
+of 1, so one project's long rollout queues only that project's next round, never another's; its
+triggers match only events labelled with its project (`tuneloop.project`, set by the `ingest` and
+`watch` flows), and cooldown and daily cap count that project's rounds (its registered model's
+versions). Declaring a project (`tuneloop project add`) and running `deploy` (or `serve`) again
+registers its deployments.
 """
 
 from __future__ import annotations
@@ -43,9 +53,12 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tuneloop.config import DEFAULT_PROJECT
 
 REPO = Path(__file__).resolve().parents[1]
 # (flow entrypoint, deployment name, schedule and other deployment options)
@@ -67,30 +80,72 @@ DEPLOYMENTS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
-def continual_options() -> dict[str, Any]:
-    """Parameters, triggers and concurrency of the `continual` deployment (also used by tests)."""
+def continual_options(project: str = DEFAULT_PROJECT) -> dict[str, Any]:
+    """Parameters, triggers and concurrency of `project`'s `continual` deployment (also used by tests).
+
+    The triggers match only events labelled with `project`; the concurrency limit of 1 is this
+    deployment's own, so it holds back only this project's rounds.
+    """
     from prefect.events import DeploymentEventTrigger
 
-    from flows.events import DATA_LANDED, DRIFT_DETECTED
+    from flows.events import DATA_LANDED, DRIFT_DETECTED, PROJECT_LABEL
 
     def on(event: str, trigger: str) -> DeploymentEventTrigger:
         return DeploymentEventTrigger(
-            name=f"{event} -> continual",
+            name=f"{event} -> continual" + ("" if project == DEFAULT_PROJECT else f" ({project})"),
             expect={event},
-            match={"prefect.resource.id": "tuneloop.*"},
-            parameters={"trigger": trigger},
+            match={"prefect.resource.id": "tuneloop.*", PROJECT_LABEL: project},
+            parameters={"trigger": trigger, "project": project},
         )
 
     return {
-        "parameters": {"trigger": "schedule"},
+        "parameters": {"trigger": "schedule", "project": project},
         "triggers": [on(DATA_LANDED, "data"), on(DRIFT_DETECTED, "drift")],
         "concurrency_limit": 1,
     }
 
 
-def options(entrypoint: str, schedule: dict[str, Any]) -> dict[str, Any]:
-    extra = continual_options() if entrypoint.endswith(":continual_flow") else {}
-    return {**schedule, **extra}
+def options(entrypoint: str, schedule: dict[str, Any], project: str = DEFAULT_PROJECT) -> dict[str, Any]:
+    """Every option of one deployment of `project`: schedule, parameters, tags (and continual's own)."""
+    extra = continual_options(project) if entrypoint.endswith(":continual_flow") else {}
+    parameters = {**extra.pop("parameters", {}), "project": project}
+    return {**schedule, **extra, "parameters": parameters, "tags": ["tuneloop", f"project:{project}"]}
+
+
+def deployment_name(name: str, project: str) -> str:
+    """`name` for the default project (today's names hold), `name-<project>` for another."""
+    return name if project == DEFAULT_PROJECT else f"{name}-{project}"
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One deployment of one project: `base` is its DEPLOYMENTS name (flows/resources.py's key)."""
+
+    project: str
+    entrypoint: str
+    base: str
+    name: str
+    options: dict[str, Any]
+
+
+def declared_projects() -> list[str]:
+    """The default project and every declared one (the projects file of the loop's settings)."""
+    from tuneloop.config import load_settings
+    from tuneloop.projects import project_names
+
+    return project_names(load_settings())
+
+
+def planned_deployments(projects: Sequence[str] | None = None) -> list[Planned]:
+    """Every deployment of every project (default: the declared ones), from DEPLOYMENTS."""
+    names = declared_projects() if projects is None else list(projects)
+    return [
+        Planned(
+            project, entrypoint, base, deployment_name(base, project), options(entrypoint, sched, project)
+        )
+        for project in names
+        for entrypoint, base, sched in DEPLOYMENTS
+    ]
 
 
 def runner_deployments() -> list[Any]:
@@ -114,8 +169,8 @@ def runner_deployments() -> list[Any]:
         "compress_flow": compress_flow,
     }
     return [
-        flows[ep.split(":")[1]].to_deployment(name=name, **options(ep, sched))
-        for ep, name, sched in DEPLOYMENTS
+        flows[p.entrypoint.split(":")[1]].to_deployment(name=p.name, **p.options)
+        for p in planned_deployments()
     ]
 
 
@@ -214,20 +269,20 @@ def deploy_all(pool: str, image: str | None, profile: str) -> None:
     sized = set(KEYS) <= declared
     if not sized:
         print(f"deploy: pool {pool!r} has no CPU/memory variables: deployments get none", file=sys.stderr)
-    for entrypoint, name, schedule in DEPLOYMENTS:
-        variables = job_variables(entrypoint, name, profile) if sized else {}
+    for planned in planned_deployments():
+        variables = job_variables(planned.entrypoint, planned.base, profile) if sized else {}
         problems = check_job_variables(template, variables)
         if problems:
-            raise SystemExit(f"deploy: {entrypoint} {name}: " + "; ".join(problems))
-        remote = flow.from_source(source=str(REPO), entrypoint=entrypoint)
+            raise SystemExit(f"deploy: {planned.entrypoint} {planned.name}: " + "; ".join(problems))
+        remote = flow.from_source(source=str(REPO), entrypoint=planned.entrypoint)
         remote.deploy(
-            name=name,
+            name=planned.name,
             work_pool_name=pool,
             job_variables=variables,
             build=False,
             push=False,
             **({"image": image} if image else {}),
-            **options(entrypoint, schedule),
+            **planned.options,
         )
 
 

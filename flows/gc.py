@@ -12,7 +12,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from tuneloop.config import load_settings
+from tuneloop.config import DEFAULT_PROJECT, load_settings
 from tuneloop.steps.gc import gc_step
 
 # Recorded as `by` on each collected version: the schedule, not whoever the pod runs as.
@@ -20,14 +20,14 @@ FLOW_USER = "flow:gc"
 
 
 @task(name="collect", retries=1, retry_delay_seconds=60)
-def gc_task(dry_run: bool, by: str) -> dict[str, Any]:
-    return gc_step(load_settings(), dry_run=dry_run, by=by)
+def gc_task(dry_run: bool, by: str, project: str) -> dict[str, Any]:
+    return gc_step(load_settings(project=project), dry_run=dry_run, by=by)
 
 
 @flow(name="gc", log_prints=True)
-def gc_flow(dry_run: bool = False, by: str = FLOW_USER) -> dict[str, Any]:
-    """Collect old versions' bulk and cap quarantine copies under the policy's `retention`."""
-    result = gc_task(dry_run, by)
+def gc_flow(dry_run: bool = False, by: str = FLOW_USER, project: str = DEFAULT_PROJECT) -> dict[str, Any]:
+    """Collect `project`'s old versions' bulk and cap its quarantine copies under its policy's `retention`."""
+    result = gc_task(dry_run, by, project)
     get_run_logger().info(f"gc: {result['message']}")
     return result
 

@@ -172,6 +172,53 @@ def test_quantities_convert_to_cores_and_gib() -> None:
         resources.memory_gib("1GB")
 
 
+# --- projects: one set of deployments each ----------------------------------------------------------
+
+
+def test_two_projects_give_two_parameterised_sets_of_deployments_with_their_own_concurrency(pinned) -> None:
+    planned = deploy.planned_deployments(["default", "cards"])
+    assert len(planned) == 2 * len(deploy.DEPLOYMENTS)
+    by_project = {p: [d for d in planned if d.project == p] for p in ("default", "cards")}
+    # The default project keeps today's names (docs, `prefect deployment run continual/loop`).
+    assert [d.name for d in by_project["default"]] == [name for _, name, _ in deploy.DEPLOYMENTS]
+    assert [d.name for d in by_project["cards"]] == [f"{name}-cards" for _, name, _ in deploy.DEPLOYMENTS]
+    for d in planned:
+        assert d.options["parameters"]["project"] == d.project
+        assert f"project:{d.project}" in d.options["tags"]
+        variables = resources.job_variables(d.entrypoint, d.base, "standard")
+        assert resources.check_job_variables(pinned, variables) == []
+    loops = {d.project: d for d in planned if d.entrypoint.endswith(":continual_flow")}
+    for project, loop in loops.items():
+        # Each project's round has its own limit of 1: a's long rollout queues a's next round only.
+        assert loop.options["concurrency_limit"] == 1
+        assert loop.options["parameters"] == {"trigger": "schedule", "project": project}
+        for trigger in loop.options["triggers"]:
+            assert trigger.match.root["tuneloop.project"] == project  # its own project's events only
+            assert trigger.parameters["project"] == project
+    assert loops["default"] is not loops["cards"]
+
+
+def test_declared_projects_get_their_deployments_and_flows_take_the_project(monkeypatch, tmp_path) -> None:
+    from tuneloop.config import load_settings
+    from tuneloop.projects import add_project
+
+    monkeypatch.delenv("TUNELOOP_CONFIG", raising=False)
+    monkeypatch.delenv("TUNELOOP_PROJECTS_FILE", raising=False)
+    monkeypatch.setenv("TUNELOOP_HOME", str(tmp_path / "home"))
+    assert deploy.declared_projects() == ["default"]
+    add_project(load_settings(), "cards")
+    add_project(load_settings(), "loans")
+    assert deploy.declared_projects() == ["default", "cards", "loans"]
+    served = deploy.runner_deployments()
+    assert len(served) == 3 * len(deploy.DEPLOYMENTS)
+    loans = {d.name: d for d in served if d.parameters.get("project") == "loans"}
+    assert set(loans) == {f"{name}-loans" for _, name, _ in deploy.DEPLOYMENTS}
+    assert loans["loop-loans"].concurrency_limit == 1 and "project:loans" in loans["loop-loans"].tags
+    # Every flow of a deployment takes the project it is given (Prefect checks names against it).
+    for d in served:
+        assert "project" in d._parameter_openapi_schema.properties, d.name
+
+
 # --- the serve guard -------------------------------------------------------------------------------
 
 

@@ -2,10 +2,13 @@
 
 Prefect's ephemeral server (the test harness) runs no scheduler, so this starts a real one (SQLite in
 a temporary PREFECT_HOME, a free port) and serves a stand-in `continual` flow with the deployment
-options of flows/deploy.py (its triggers, parameters and concurrency limit) and a 5 s interval in
-place of the nightly cron. It then proves, within 120 s, that the schedule fires a run
-(trigger=schedule) and that emitting `tuneloop.data.landed` starts one (trigger=data).
-The event path is checked first: it does not go through the scheduler's bulk insert.
+options of flows/deploy.py (its triggers, parameters and concurrency limit), for two projects: the
+default one (`loop`, with a schedule in place of the nightly cron) and project `a` (`loop-a`). It
+then proves, within the budget, that `tuneloop.data.landed` labelled with a project starts a run of
+that project's deployment only (trigger=data, project=...); that a long round of project `a` holds
+back a's next round (its own concurrency limit) but not the default project's; and that the
+schedule fires a run (trigger=schedule). The event paths are checked first: they do not go through
+the scheduler's bulk insert.
 """
 
 from __future__ import annotations
@@ -22,21 +25,24 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-BUDGET_S = 120.0
+BUDGET_S = 180.0
 # What Prefect 3.8.8's scheduler logs when SQLAlchemy 2.1's ORM bulk insert refuses its statement
 # (requirements.lock pins SQLAlchemy 2.0.58 so that schedules fire).
 SQLALCHEMY_21_BUG = "Can't evaluate bulk DML statement"
 
 STAND_IN = textwrap.dedent(
     """
-    import sys
+    import os, sys, time
     sys.path.insert(0, {repo!r})
     from prefect import flow, serve
-    from flows.deploy import continual_options
+    from flows.deploy import continual_options, deployment_name
 
     @flow(name="continual")
-    def continual_flow(trigger: str = "manual") -> str:
-        return trigger
+    def continual_flow(trigger: str = "manual", project: str = "default") -> str:
+        if project == "a" and trigger == "data":  # a long round of project a, until the test ends it
+            while not os.path.exists({release!r}):
+                time.sleep(0.5)
+        return project + ":" + trigger
 
     if __name__ == "__main__":  # the runner imports this file again to run the flow
         # One scheduled run a few seconds from now, then none for an hour: a 5 s interval queues a
@@ -46,13 +52,18 @@ STAND_IN = textwrap.dedent(
 
         first = datetime.now(timezone.utc) + timedelta(seconds=3)
         schedule = Interval(timedelta(hours=1), anchor_date=first)
-        serve(continual_flow.to_deployment(name="loop", schedule=schedule, **continual_options()))
+        serve(
+            continual_flow.to_deployment(name="loop", schedule=schedule, **continual_options()),
+            continual_flow.to_deployment(name=deployment_name("loop", "a"), **continual_options("a")),
+        )
     """
 )
+# What flows/ingest.py emits on a new snapshot of project sys.argv[1].
 EMIT = (
-    "from prefect.events import emit_event; "
-    "emit_event('tuneloop.data.landed', resource={'prefect.resource.id': 'tuneloop.snapshot.snap-0001'}, "
-    "payload={'snapshot': 'snap-0001', 'rows': 300})"
+    "import sys; from prefect.events import emit_event; "
+    "emit_event('tuneloop.data.landed', resource={'prefect.resource.id': 'tuneloop.snapshot.snap-0001', "
+    "'tuneloop.project': sys.argv[1]}, "
+    "payload={'project': sys.argv[1], 'snapshot': 'snap-0001', 'rows': 300})"
 )
 
 
@@ -129,7 +140,8 @@ def test_schedule_fires_and_data_landed_event_triggers_continual(prefect_server,
 
     wait_healthy(api, deadline)
     script = tmp_path / "serve_stand_in.py"
-    script.write_text(STAND_IN.format(repo=str(REPO)))
+    release = tmp_path / "release-a"
+    script.write_text(STAND_IN.format(repo=str(REPO), release=str(release)))
     runner_log = open(tmp_path / "runner.log", "wb")  # noqa: SIM115 - closed below
     runner = subprocess.Popen(
         [sys.executable, str(script)], env=env, cwd=tmp_path, stdout=runner_log, stderr=subprocess.STDOUT
@@ -138,20 +150,43 @@ def test_schedule_fires_and_data_landed_event_triggers_continual(prefect_server,
 
         def automation() -> bool:
             found = httpx.post(f"{api}/automations/filter", json={}, timeout=10).json()
-            return any("tuneloop.data.landed" in str(a.get("trigger")) for a in found)
+            return sum("tuneloop.data.landed" in str(a.get("trigger")) for a in found) == 2
 
-        _wait("the deployment's triggers", automation, deadline)
+        _wait("both deployments' triggers", automation, deadline)
 
-        def completed(trigger: str):
+        def runs(trigger: str, project: str, *states: str) -> list[dict]:
             return [
                 r
                 for r in _runs(api)
-                if r["parameters"].get("trigger") == trigger and r["state_type"] == "COMPLETED"
+                if r["parameters"].get("trigger") == trigger
+                and r["parameters"].get("project") == project
+                and (not states or r["state_type"] in states)
             ]
 
-        subprocess.run([sys.executable, "-c", EMIT], env=env, check=True, timeout=60)
+        def completed(trigger: str, project: str = "default") -> list[dict]:
+            return runs(trigger, project, "COMPLETED")
+
+        def emit(project: str) -> None:
+            subprocess.run([sys.executable, "-c", EMIT, project], env=env, check=True, timeout=60)
+
+        # Project a: a long round starts, and a second drop queues behind it (a's own limit of 1).
+        emit("a")
+        _wait("project a's round to run", lambda: runs("data", "a", "RUNNING"), deadline)
+        emit("a")
+        _wait("project a's second round", lambda: len(runs("data", "a")) == 2, deadline)
+        # The default project's drop starts the default deployment's round at once, beside a's.
+        emit("default")
         triggered = _wait("a run triggered by tuneloop.data.landed", lambda: completed("data"), deadline)
         assert triggered[0]["deployment_id"]
+        a_runs = runs("data", "a")
+        assert {r["deployment_id"] for r in a_runs}.isdisjoint({triggered[0]["deployment_id"]})
+        assert [r["state_type"] for r in a_runs].count("RUNNING") == 1, a_runs
+        assert not [r for r in a_runs if r["state_type"] == "COMPLETED"], a_runs
+        assert len(runs("data", "default")) == 1  # a's drops started nothing of the default project's
+        release.touch()
+        _wait(
+            "project a's two rounds, one after the other", lambda: len(completed("data", "a")) == 2, deadline
+        )
 
         server_log = tmp_path / "server.log"
 

@@ -167,3 +167,38 @@ def test_compress_flow_records_a_student_on_its_version(prefect_harness, monkeyp
     assert student["depth"] == 1 and student["recorded"]["path"] == "students/1L"
     tag = read_students_tag(Registry(settings).get_version(version).tags)
     assert tag == {"1": student["recorded"]} and tag["1"]["passed"] == student["passed"]
+
+
+def test_flows_of_project_a_work_on_as_data_only(prefect_harness, home, monkeypatch, tmp_path):
+    """project="a": ingest cuts a's snapshot under a's folder; continual decides on a's rows alone."""
+    from flows.continual import continual_flow
+    from flows.ingest import ingest_flow
+
+    from tuneloop.config import load_settings
+    from tuneloop.projects import add_project
+
+    monkeypatch.delenv("TUNELOOP_CONFIG", raising=False)
+    monkeypatch.delenv("TUNELOOP_PROJECTS_FILE", raising=False)
+    monkeypatch.setenv("TUNELOOP_HOME", str(home))
+    add_project(load_settings(), "a")
+    data = tmp_path / "drop.csv"
+    pd.DataFrame(
+        {"text": [f"where is my parcel number {i}" for i in range(12)], "label": ["track_order"] * 12}
+    ).to_csv(data, index=False)
+
+    cut = ingest_flow(paths=[str(data)], project="a")
+    assert cut["snapshot"] == "snap-0001" and cut["accepted"] == 12
+    a, default = load_settings(project="a"), load_settings()
+    assert (a.snapshots_dir / "snap-0001").is_dir() and a.snapshots_dir.is_relative_to(
+        home / "projects" / "a"
+    )
+    assert not default.snapshots_dir.exists()  # nothing of a's landed in the default project
+    # The same drop is new to the default project: a's content hashes are a's own.
+    assert ingest_flow(paths=[str(data)])["snapshot"] == "snap-0001"
+
+    # 12 rows are under the policy's min_new_rows: no round starts, and none is pending in a's model.
+    round_a = continual_flow(trigger="schedule", project="a", service_url=None)
+    assert round_a["project"] == "a" and round_a["outcome"] == "not_started"
+    assert round_a["decision"]["signals"]["new_rows"] == 12
+    with pytest.raises(Exception, match="not declared"):
+        ingest_flow(project="b")
