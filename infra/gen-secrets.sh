@@ -22,13 +22,16 @@
 #   tokens (the metrics one in metrics-reader.env too), MLflow's Flask secret key, the trainer and
 #   reader passwords (Job mlflow-users re-passwords them), MinIO's root password (MinIO reads it on
 #   start) and the MLflow S3 user's secret key (Job minio-bucket re-sets it).
+# Written once, empty, and never rewritten (not even by --force): tenants.yaml, the service's tenants
+# (tokens as sha256 hashes). `tuneloop tenant add|rotate|remove` change it, with
+# TUNELOOP_TENANTS_FILE pointing at it; each tenant's token is rotated by `tuneloop tenant rotate ID`.
 set -euo pipefail
 out="$(cd "$(dirname "$0")" && pwd)/k8s/base/secrets"
 force=0
 case "${1:-}" in
   "") ;;
   --force | --rotate) force=1 ;;
-  -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "usage: $0 [--force|--rotate]" >&2; exit 2 ;;
 esac
 mkdir -p "$out"
@@ -184,6 +187,15 @@ END
 write metrics-reader.env <<END
 TUNELOOP_METRICS_TOKEN=$metrics_token
 END
+# The tenants: the Secret tuneloop-tenants, mounted into the service (TUNELOOP_TENANTS_FILE). No
+# tenant to begin with (the scoped tokens above still open the default project's routes). Kept as
+# it is whatever the flags: its entries are made by `tuneloop tenant`, and a rewrite would drop them.
+if [[ -e "$out/tenants.yaml" ]]; then
+  echo "kept      $out/tenants.yaml"
+else
+  printf '%s\n' "tenants: []" >"$out/tenants.yaml"
+  echo "written   $out/tenants.yaml"
+fi
 
 ((force)) || exit 0
 cat <<'END'
@@ -194,7 +206,9 @@ pod template cannot change, and these two re-set the MLflow users and the MinIO 
   kubectl -n tuneloop delete job minio-bucket mlflow-users --ignore-not-found
   kubectl apply -k infra/k8s/overlays/local        # or overlays/production
 Pods reading a fixed-name Secret (prefect-client, mlflow-trainer, metrics-reader: flow-run Jobs)
-get the new values when they next start.
+get the new values when they next start. tenants.yaml is kept: rotate a tenant's token with
+  TUNELOOP_TENANTS_FILE=infra/k8s/base/secrets/tenants.yaml tuneloop tenant rotate ID
+and apply as above (the service re-reads the Secret tuneloop-tenants without a restart).
 
 Kept: the values a database holds. To change one, set it there first, then write the same value
 into the files named and apply as above (NEW: e.g. `od -An -N32 -tx1 /dev/urandom | tr -d ' \n'`).

@@ -8,6 +8,7 @@ promtool's rule tests, the service's settings. Each failed on the files before t
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -20,6 +21,7 @@ from tests import test_infra_manifests as manifests
 from tests.test_infra_manifests import (
     FIXED_SECRETS,
     INFRA,
+    RELOADED_SECRETS,
     REPO,
     SCOPED_TOKENS,
     STORAGE_CLASS,
@@ -398,7 +400,7 @@ def test_rotated_secrets_restart_the_pods_that_read_them(docs: Docs) -> None:
                 )
             refs = re.findall(r'"(?:name|secretName)": "([\w-]+)"', text)
             secrets = {s["metadata"]["name"] for s in items if s["kind"] == "Secret"}
-            for ref in set(refs) & secrets:
+            for ref in set(refs) & secrets - set(RELOADED_SECRETS):
                 assert re.search(r"-[a-z0-9]{10}$", ref), (overlay, d["metadata"]["name"], ref)
 
 
@@ -448,3 +450,52 @@ def test_the_readmes_claim_only_what_the_files_back(docs: Docs) -> None:
     readme = " ".join(texts[INFRA / "README.md"].split())
     for unproven in ("TensorRT", "storage.env", "ServiceMonitor", "unproven"):
         assert unproven in readme, unproven
+
+
+def test_projects_and_tenants_reach_the_pods_that_read_them(docs: Docs, tmp_path: Path) -> None:
+    """Issue 26: the projects file (a ConfigMap) in the service, the Prefect worker (deploy.py) and
+    every flow-run Job, at TUNELOOP_PROJECTS_FILE; the tenants (the Secret tuneloop-tenants) in the
+    service alone, at TUNELOOP_TENANTS_FILE. Both mounted as folders: a subPath mount is never
+    updated in place, and the service re-reads its tenants without a restart."""
+    from tuneloop.config import Settings
+    from tuneloop.projects import declared
+
+    def mounted(spec: dict[str, Any], c: dict[str, Any], path: str) -> dict[str, Any]:
+        (mount,) = [m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+        assert mount.get("readOnly") and "subPath" not in mount, mount
+        (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+        return volume
+
+    for overlay, items in docs.items():
+        config = find(items, "ConfigMap", "tuneloop-config")["data"]
+        projects_file = config["TUNELOOP_PROJECTS_FILE"]
+        service_spec = find(items, "Deployment", "tuneloop-service")["spec"]["template"]["spec"]
+        service = container(service_spec, "service")
+        tenants_file = env_of(service)["TUNELOOP_TENANTS_FILE"]["value"]
+        volume = mounted(service_spec, service, tenants_file)
+        assert (
+            volume["secret"]["secretName"] == "tuneloop-tenants" and volume["secret"]["defaultMode"] == 0o440
+        )
+        secret = find(items, "Secret", "tuneloop-tenants")
+        assert secret["metadata"]["name"] == "tuneloop-tenants"  # fixed: updated in place, no restart
+        # What gen-secrets.sh writes: the tenants file (serve/tenants.py) with no tenant yet.
+        assert yaml.safe_load(base64.b64decode(secret["data"]["tenants.yaml"])) == {"tenants": []}
+        # The service's copy of the projects is hashed (it reads them at start: a change restarts it).
+        volume = mounted(service_spec, service, projects_file)
+        assert re.fullmatch(r"tuneloop-projects-service-[a-z0-9]{10}", volume["configMap"]["name"]), volume
+        worker_spec = find(items, "Deployment", "prefect-worker")["spec"]["template"]["spec"]
+        worker = container(worker_spec, "worker")
+        assert mounted(worker_spec, worker, projects_file)["configMap"]["name"] == "tuneloop-projects"
+        data = find(items, "ConfigMap", "tuneloop-projects-service")["data"]["projects.yaml"]
+        (fixed,) = [
+            d for d in items if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "tuneloop-projects"
+        ]
+        assert fixed["data"]["projects.yaml"] == data, overlay
+        (tmp_path / "projects.yaml").write_text(data)
+        assert declared(Settings(projects_file=tmp_path / "projects.yaml")) == {}  # the default alone
+    for name, template in job_templates().items():
+        spec = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+        job = container(spec, "prefect-job")
+        ref = env_of(job)["TUNELOOP_PROJECTS_FILE"]["valueFrom"]["configMapKeyRef"]
+        assert (ref["name"], ref["key"]) == ("tuneloop-config", "TUNELOOP_PROJECTS_FILE"), name
+        assert mounted(spec, job, projects_file)["configMap"]["name"] == "tuneloop-projects", name

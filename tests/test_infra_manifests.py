@@ -38,6 +38,9 @@ STORAGE_CLASS = "efs-rwx"
 SCOPED_TOKENS = ("TUNELOOP_METRICS_TOKEN", "TUNELOOP_CLASSIFY_TOKEN", "TUNELOOP_FEEDBACK_TOKEN")
 # Secrets Jobs and the ServiceMonitor name (no hash suffix); every other one restarts its pods.
 FIXED_SECRETS = ("mlflow-trainer", "prefect-client", "metrics-reader")
+# Fixed-name Secrets a Deployment mounts on purpose: the service re-reads the file when the kubelet
+# swaps it in place (serve/tenant_gate.py), so a change must not restart the pods.
+RELOADED_SECRETS = ("tuneloop-tenants",)
 
 
 def tool(name: str) -> str:
@@ -264,6 +267,23 @@ def test_alerts_and_dashboard_use_the_service_metric_names() -> None:
         assert used and used <= known, f"{name}: unknown metrics {sorted(used - known)}"
 
 
+def test_every_per_version_figure_is_per_project() -> None:
+    """Two projects' versions share numbers: every aggregation that keeps model_version keeps project,
+    and every dashboard query reads the projects picked in its `project` variable."""
+    rules = yaml.safe_load((INFRA / "prometheus" / "rules.yaml").read_text())
+    dashboard = json.loads((INFRA / "grafana" / "tuneloop.json").read_text())
+    exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    panels = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    groupings = re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", "\n".join(exprs + panels))
+    per_version = [g for g in groupings if "model_version" in g]
+    assert per_version and all("project" in g for g in per_version), per_version
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert "project" in variables["project"]["query"]["query"] and variables["project"]["includeAll"]
+    for expr in panels:
+        for selector in re.findall(r"\btuneloop_\w+(\{[^}]*\})?\[", expr):
+            assert 'project=~"$project"' in selector, expr
+
+
 def test_prometheus_rule_matches_rules_file(docs: dict[str, list[dict[str, Any]]]) -> None:
     plain = yaml.safe_load((INFRA / "prometheus" / "rules.yaml").read_text())
     rule = find(docs["production"], "PrometheusRule", "tuneloop-canary")
@@ -362,8 +382,9 @@ def test_generated_secrets_are_what_the_pods_read(docs: dict[str, list[dict[str,
         assert {"TUNELOOP_SERVE_SECRET", *SCOPED_TOKENS} <= service and "TUNELOOP_API_TOKEN" not in service
         assert keys("metrics-reader") == {"TUNELOOP_METRICS_TOKEN"}
         # Names the work-pool templates and the ServiceMonitor use cannot carry kustomize's hash suffix.
-        for name in FIXED_SECRETS:
+        for name in (*FIXED_SECRETS, *RELOADED_SECRETS):
             assert name in secrets, f"Secret {name} must keep its plain name"
+        assert secrets["tuneloop-tenants"] == {"tenants.yaml"}
 
 
 # ---------------------------------------------------------------------------------------------

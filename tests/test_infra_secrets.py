@@ -309,6 +309,17 @@ def test_minio_bucket_job_creates_the_user_from_mlflows_secret_with_root_from_mi
     assert skips and all(len(v.split("=", 1)[1]) > 40 for v in skips)
 
 
+def test_tenants_file_is_written_empty_once_and_never_rewritten(infra: Path) -> None:
+    """The Secret tuneloop-tenants' file (serve/tenants.py reads it): no tenant at first; entries
+    `tuneloop tenant add` made survive a re-run and --force (a rewrite would lock their callers out)."""
+    path = secrets_dir(infra) / "tenants.yaml"
+    assert yaml.safe_load(path.read_text()) == {"tenants": []}
+    made = "tenants:\n- id: acme\n  token_sha256: '" + "ab" * 32 + "'\n  projects: [default]\n"
+    path.write_text(made)
+    assert "kept" in gen(infra) and path.read_text() == made
+    assert "tenants.yaml is kept" in gen(infra, "--force") and path.read_text() == made
+
+
 # ---------------------------------------------------------------------------------------------
 # The Secrets kustomize makes from the files (local overlay).
 
@@ -326,8 +337,9 @@ def test_rotated_secrets_restart_pods_and_fixed_names_stay_fixed(infra: Path) ->
         (hit,) = [s for n, s in secrets.items() if re.fullmatch(rf"{base}-[a-z0-9]{{10}}", n)]
         return hit
 
-    for fixed in ("metrics-reader", "prefect-client", "mlflow-trainer"):
+    for fixed in ("metrics-reader", "prefect-client", "mlflow-trainer", "tuneloop-tenants"):
         assert fixed in secrets, f"Secret {fixed} must keep its plain name"
+    assert set(secrets["tuneloop-tenants"]["data"]) == {"tenants.yaml"}
     for hashed in ("service", "prefect-worker-auth"):
         assert hashed not in secrets, f"Secret {hashed} must carry a hash suffix"
         named(hashed)
