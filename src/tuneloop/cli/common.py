@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -19,11 +18,15 @@ out = Console()
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
 
 
+# The --project of the command being run: parsed before the command's body, which reads it through
+# settings_or_exit. Kept here, not in os.environ, so one invocation never leaks into the next in the
+# same process (CliRunner in tests); `main` clears it at the start of every invocation.
+CHOSEN: dict[str, str | None] = {"project": None}
+
+
 def _use_project(value: str | None) -> str | None:
-    # Parsed before the command runs, so settings_or_exit (and anything the command starts in this
-    # process) reads the project as if TUNELOOP_PROJECT had been set.
     if value:
-        os.environ["TUNELOOP_PROJECT"] = value
+        CHOSEN["project"] = value
     return value
 
 
@@ -42,6 +45,8 @@ ProjectOpt = Annotated[
 def settings_or_exit(**overrides: Any) -> Settings:
     from tuneloop.projects import ProjectError, UnknownProject
 
+    if CHOSEN["project"] and overrides.get("project") is None:
+        overrides["project"] = CHOSEN["project"]
     try:
         return load_settings(**overrides)
     except UnknownProject as exc:

@@ -18,7 +18,7 @@ import yaml
 from rich.table import Table
 
 from tuneloop.cli import flows, gc, model, privacy, projects, rollout, serve, tenants
-from tuneloop.cli.common import JsonOpt, ProjectOpt, emit, err, out, run_guarded, settings_or_exit
+from tuneloop.cli.common import CHOSEN, JsonOpt, ProjectOpt, emit, err, out, run_guarded, settings_or_exit
 from tuneloop.cli.tables import Column, print_table
 from tuneloop.config import mask_settings
 
@@ -46,6 +46,7 @@ def main(
     ] = None,
 ) -> None:
     """Global options apply to every command."""
+    CHOSEN["project"] = None  # the command's own --project sets it again
     if config is not None:
         os.environ["TUNELOOP_CONFIG"] = str(config)
     if home is not None:

@@ -11,7 +11,7 @@ always this file; the folder is package data, read by path.)
 
 from __future__ import annotations
 
-from functools import cache
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -76,16 +76,23 @@ def metric_path(name: str) -> Path:
     return path
 
 
-@cache
+_LOADED = threading.local()
+
+
 def load_metric(name: str) -> Any:
-    """Load a packaged metric module with `evaluate.load(<folder>)`; cached per name for the process.
+    """Load a packaged metric module with `evaluate.load(<folder>)`; cached per name and thread.
 
     Works under HF_HUB_OFFLINE=1: a local folder never consults the Hub. `keep_in_memory` keeps
-    evaluate from writing an Arrow cache file per `compute` call.
+    evaluate from writing an Arrow cache file per `compute` call. Per thread, because a metric
+    object holds the Arrow writer of its current `compute`: two rounds scoring at once in one
+    process (two projects) closed each other's writer ("I/O operation on closed file").
     """
     import evaluate
 
-    return evaluate.load(str(metric_path(name)), keep_in_memory=True)
+    cached: dict[str, Any] = _LOADED.__dict__.setdefault("metrics", {})
+    if name not in cached:
+        cached[name] = evaluate.load(str(metric_path(name)), keep_in_memory=True)
+    return cached[name]
 
 
 def score(y_true: list[str], y_pred: list[str], labels: list[str]) -> Scores:

@@ -1,0 +1,204 @@
+"""Projects: declared in one file, each with its own data, registered model, policy and MLflow runs.
+
+The CLI as an operator meets it (`project add`, `project list`, `--project` on the commands), the
+settings each project's commands see, two projects' rounds trained at the same time with no
+cross-talk (real MLflow store, tiny BERT), and the memory pool's pure decision and the follower's
+eviction with fakes (the real service's pool: tests/test_projects_server.py).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from tuneloop.cli import app
+from tuneloop.config import load_settings
+from tuneloop.projects import ProjectError, UnknownProject, add_project, project_names
+from tuneloop.serve.pool import ModelPool, Resident, plan_evictions
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TUNELOOP_HOME", str(tmp_path / "home"))
+    for variable in ("TUNELOOP_CONFIG", "TUNELOOP_PROJECT", "TUNELOOP_PROJECTS_FILE", "TUNELOOP_POLICY_PATH"):
+        monkeypatch.delenv(variable, raising=False)  # and restored after: --project sets it
+    return tmp_path / "home"
+
+
+def test_an_operator_declares_a_project_and_every_command_can_name_it(home: Path, tmp_path: Path) -> None:
+    policy = tmp_path / "cards-policy.yaml"
+    policy.write_text((Path(__file__).resolve().parents[1] / "registry" / "policy.yaml").read_text())
+    added = runner.invoke(
+        app, ["project", "add", "cards", "--policy", str(policy), "--label-column", "category", "--json"]
+    )
+    assert added.exit_code == 0, added.output
+    assert json.loads(added.stdout)["model_name"] == "tuneloop-cards"
+    listed = json.loads(runner.invoke(app, ["project", "list", "--json"]).stdout)
+    by_name = {p["name"]: p for p in listed["projects"]}
+    assert list(by_name) == ["default", "cards"]
+    assert by_name["default"]["model_name"] == "tuneloop-intent" and by_name["default"]["data"] == str(home)
+    assert by_name["cards"]["policy"] == str(policy) and by_name["cards"]["label_column"] == "category"
+    assert by_name["cards"]["data"] == str(home / "projects" / "cards")
+
+    drop = tmp_path / "drop.csv"
+    pd.DataFrame({"text": ["card blocked", "card stolen"], "category": ["block", "stolen"]}).to_csv(
+        drop, index=False
+    )
+    ingested = runner.invoke(app, ["ingest", str(drop), "--project", "cards", "--json"])
+    assert ingested.exit_code == 0, ingested.output
+    mine = json.loads(runner.invoke(app, ["status", "--project", "cards", "--json", "--no-registry"]).stdout)
+    other = json.loads(
+        runner.invoke(app, ["status", "--project", "default", "--json", "--no-registry"]).stdout
+    )
+    assert [s["id"] for s in mine["data"]["snapshots"]] == ["snap-0001"]
+    assert other["data"]["snapshots"] == []  # nothing of cards' drop reached the default project
+    assert (home / "projects" / "cards" / "snapshots" / "snap-0001").is_dir()
+    assert not (home / "snapshots").exists()
+
+    for command in ("ingest", "train", "evaluate", "approve", "promote", "convert", "rollout", "rollback"):
+        assert "--project" in runner.invoke(app, [command, "--help"]).output, command
+    for command in ("status", "history", "retrain", "gc", "compress", "restore", "exclude"):
+        assert "--project" in runner.invoke(app, [command, "--help"]).output, command
+    unknown = runner.invoke(app, ["status", "--project", "nope"])
+    assert unknown.exit_code == 2 and "tuneloop project add nope" in unknown.output
+
+
+def test_a_project_name_or_model_cannot_be_taken_twice_or_escape_its_folder(home: Path) -> None:
+    settings = load_settings()
+    add_project(settings, "routing")
+    with pytest.raises(ProjectError, match="declared already"):
+        add_project(settings, "routing")
+    with pytest.raises(ProjectError, match="belongs to project 'default'"):
+        add_project(settings, "intent")  # tuneloop-intent is the default project's model
+    for bad in ("Routing", "../etc", "a b", "default"):
+        with pytest.raises(ProjectError):
+            add_project(settings, bad)
+    with pytest.raises(UnknownProject, match="tuneloop project add sentiment"):
+        load_settings(project="sentiment")
+    with pytest.raises(ValueError, match="lower-case"):
+        load_settings(project="../x")
+    routing = load_settings(project="routing")
+    assert (routing.model_name, routing.experiment, routing.data_experiment) == (
+        "tuneloop-routing",
+        "tuneloop/routing",
+        "tuneloop-data/routing",
+    )
+    assert routing.landing_dir == home / "projects" / "routing" / "landing"
+    assert routing.work_dir == home / "projects" / "routing" / "work"
+    assert routing.resolved_tracking_uri == settings.resolved_tracking_uri  # one MLflow for all
+    assert project_names(routing) == ["default", "routing"]
+
+
+def test_two_projects_train_at_the_same_time_into_their_own_models_and_runs(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from tuneloop.steps.ingest import ingest_step
+    from tuneloop.steps.round import train_step
+    from tuneloop.testing import TINY_TRAIN_SETTINGS, keyword_sentences, make_tiny_bert
+
+    base = str(make_tiny_bert(tmp_path / "tiny"))
+    values = {**TINY_TRAIN_SETTINGS, "epochs": 1, "base_model": base}
+    default = load_settings(home=tmp_path / "home", **values)
+    add_project(default, "second", label_column="category")
+    second = load_settings(home=tmp_path / "home", project="second", **values)
+    keyword_sentences(["alpha", "beta"], 20, seed=0).to_csv(tmp_path / "a.csv", index=False)
+    other = keyword_sentences(["gamma", "delta"], 20, seed=1).rename(columns={"label": "category"})
+    other.to_csv(tmp_path / "b.csv", index=False)
+    ingest_step(default, [tmp_path / "a.csv"])
+    ingest_step(second, [tmp_path / "b.csv"])
+
+    results: dict[str, dict] = {}
+    errors: list[BaseException] = []
+
+    def train(name: str, settings) -> None:  # type: ignore[no-untyped-def]
+        try:
+            results[name] = train_step(settings, progress=False)
+        except BaseException as exc:  # reported below: a thread's exception is otherwise lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=train, args=p) for p in (("default", default), ("second", second))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert not errors, errors
+    assert results["default"]["version"] == "1" and results["second"]["version"] == "1"
+
+    client = MlflowClient(default.resolved_tracking_uri)
+    labels = {}
+    for settings in (default, second):
+        version = client.get_model_version(settings.model_name, "1")
+        run = client.get_run(version.run_id)
+        experiment = client.get_experiment(run.info.experiment_id).name
+        assert experiment == settings.experiment
+        labels[settings.project] = set(
+            json.loads(
+                Path(
+                    client.download_artifacts(
+                        version.run_id, "model/merged/config.json", str(tmp_path / settings.project)
+                    )
+                ).read_text()
+            )["label2id"]
+        )
+    assert labels == {"default": {"alpha", "beta"}, "second": {"delta", "gamma"}}
+    assert (tmp_path / "home" / "projects" / "second" / "snapshots" / "snap-0001").is_dir()
+
+
+# --- the memory pool -----------------------------------------------------------------------------
+def test_eviction_takes_the_least_recently_used_and_never_a_pinned_or_the_one_asked_for() -> None:
+    residents = [
+        Resident("default", 30, last_used=0.0, pinned=True),
+        Resident("a", 30, last_used=5.0, pinned=False),
+        Resident("b", 30, last_used=9.0, pinned=False),
+        Resident("c", 30, last_used=1.0, pinned=False),
+    ]
+    assert plan_evictions(residents, 120) == []
+    assert plan_evictions(residents, 90) == ["c"]  # the oldest unpinned
+    assert plan_evictions(residents, 60, spare="c") == ["a", "b"]  # c was just asked for
+    assert plan_evictions(residents, 10) == ["c", "a", "b"]  # pins win over the budget
+    assert plan_evictions([Resident("x", 0, 0.0, False)], 0) == []  # nothing held, nothing to drop
+
+
+def test_an_evicted_follower_drops_its_models_and_loads_them_again_when_asked() -> None:
+    import asyncio
+
+    import numpy as np
+
+    from tuneloop.serve.bundle import LoadedModel
+    from tuneloop.serve.follower import Follower, RegistryState
+
+    class Model:
+        labels = ["x", "y"]
+
+        def predict_proba(self, texts: list[str]) -> np.ndarray:
+            return np.full((len(texts), 2), 0.5, dtype=np.float32)
+
+    class Source:
+        loads = 0
+
+        def read_state(self) -> RegistryState:
+            return RegistryState({"champion": "1"}, 0.0)
+
+        def load(self, version: str) -> LoadedModel:
+            Source.loads += 1
+            return LoadedModel(version, "fake", Model(), nbytes=40)
+
+    pinned = Follower(Source(), poll_s=60, retain_s=0, retry_failed_s=0)
+    lazy = Follower(Source(), poll_s=60, retain_s=0, retry_failed_s=0, lazy=True)
+    pinned.poll_once()
+    lazy.poll_once()
+    assert pinned.held_bytes() == 40 and lazy.held_bytes() == 0 and Source.loads == 1  # lazy: not yet
+    pool = ModelPool({"p": pinned, "l": lazy}, budget_bytes=70, pinned=frozenset({"p"}))
+    assert asyncio.run(pool.ready("l", wait_s=10))  # woken, loaded within the wait
+    assert Source.loads == 2 and lazy.bundle.champion is not None
+    assert pool.enforce(spare=None) == ["l"]  # 80 > 70: the unpinned one goes
+    assert lazy.dormant and lazy.bundle.champion is None and lazy.evictions == 1
+    assert pinned.bundle.champion is not None and not pinned.dormant
+    assert asyncio.run(pool.ready("l", wait_s=10)) and Source.loads == 3
