@@ -124,3 +124,51 @@ def test_demo_promotes_through_the_canary_and_rolls_back_the_bad_candidate(
     urls = {line.split(" at ")[1].split()[0].rstrip(",") for line in lines if "service: ready" in line}
     assert len(urls) == 2 and not any(_listening(url) for url in urls)  # both services stopped
     json.dumps(result, default=str)
+
+
+def test_the_two_project_demo_runs_both_canaries_at_once_through_one_service(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tuneloop.config import load_settings
+    from tuneloop.demo.projects import SECOND, run_projects_demo
+    from tuneloop.registry.store import Registry
+    from tuneloop.testing import make_tiny_bert
+
+    monkeypatch.setenv("TUNELOOP_POLICY_PATH", str(tiny_demo_policy(tmp_path)))
+    monkeypatch.delenv("TUNELOOP_TRACKING_URI", raising=False)
+    settings = load_settings(
+        home=tmp_path / "home",
+        base_model=str(make_tiny_bert(tmp_path / "tiny")),
+        epochs=1,
+        golden_per_label=3,
+    )
+    lines: list[str] = []
+    result = run_projects_demo(settings, echo=lines.append)
+    print("\n".join(lines))
+
+    assert result["tenants"]["cross_project"] == 403 and result["tenants"]["throttled"] >= 1
+    projects = result["projects"]
+    assert projects["default"]["outcome"] == "promoted", projects["default"]
+    assert projects[SECOND]["outcome"] == "rolled_back" and "error rate" in projects[SECOND]["reason"]
+    for project in ("default", SECOND):
+        assert projects[project]["failed_requests"] == 0, projects[project][
+            "failures"
+        ]  # neither project's callers saw an error
+        assert projects[project]["items"].get(projects[project]["version"], 0) > 0  # the canary served
+    routing = load_settings(home=tmp_path / "home", project=SECOND)
+    assert Registry(settings).alias("champion").version == projects["default"]["version"]
+    assert Registry(routing).alias("champion").version == "1" and Registry(routing).alias("canary") is None
+    from tuneloop.steps.status import status
+
+    # Each project's data is its own: routing learnt teams, the default project intents.
+    assert set(status(routing, include_registry=False)["data"]["labels"]) == {"payments", "orders", "account"}
+    assert "track_order" in status(settings, include_registry=False)["data"]["labels"]
+    # Feedback landed in each project's own landing folder, credited to the tenant that sent it.
+    for mine, tenant, labels in (
+        (settings, "support-app", {"track_order", "refund_status"}),
+        (routing, "routing-app", {"payments", "orders", "account"}),
+    ):
+        landed = [json.loads(p.read_text()) for p in mine.landing_dir.glob("feedback-*.jsonl")]
+        assert landed and {row["tenant"] for row in landed} == {tenant}
+        assert {row["label"] for row in landed} & labels
+        assert tenant != "routing-app" or {row["label"] for row in landed} <= labels

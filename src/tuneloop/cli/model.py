@@ -248,7 +248,19 @@ def _render_compress(r: dict[str, Any]) -> None:
     )
 
 
-def demo(as_json: JsonOpt = False) -> None:
+def demo(
+    projects: Annotated[
+        int,
+        typer.Option(
+            "--projects",
+            min=1,
+            max=2,
+            help="2: two classifiers (the support intents and a routing classifier built from the same "
+            "rows) in one loop and one service, with a tenant each, both canaries at once.",
+        ),
+    ] = 1,
+    as_json: JsonOpt = False,
+) -> None:
     """Run the whole loop on the bundled data and embedded defaults, with the service running.
 
     Starts `tuneloop serve` on 127.0.0.1 (a free port; stopped at the end), trains three drops: the
@@ -276,7 +288,12 @@ def demo(as_json: JsonOpt = False) -> None:
     def show(line: str) -> None:  # the demo wraps its own lines at 80 columns; no markup
         out.print(line, markup=False, highlight=False, soft_wrap=True)
 
-    result = run_guarded(lambda: run_demo(settings, echo=None if as_json else show))
+    if projects == 2:
+        from tuneloop.demo.projects import run_projects_demo
+
+        result = run_guarded(lambda: run_projects_demo(settings, echo=None if as_json else show))
+    else:
+        result = run_guarded(lambda: run_demo(settings, echo=None if as_json else show))
     emit(result, as_json, lambda r: None)
 
 

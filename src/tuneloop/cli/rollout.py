@@ -66,9 +66,17 @@ def rollout(
     settings = settings_or_exit()
     if selector and not prometheus:
         fail("--selector narrows the series of a Prometheus server: it needs --prometheus")
-    source = build_source(
-        metrics_url or [DEFAULT_METRICS], prometheus=prometheus, selector=selector, resolve=resolve
-    )
+    try:  # this project's series only: versions of two projects share numbers
+        source = build_source(
+            metrics_url or [DEFAULT_METRICS],
+            prometheus=prometheus,
+            selector=selector,
+            resolve=resolve,
+            project=settings.project,
+        )
+    except ValueError as exc:  # a selector that names `project` itself
+        fail(str(exc), hint="leave the project out of --selector: --project chooses it")
+        raise  # unreachable
     result = run_guarded(
         lambda: rollout_step(
             settings,

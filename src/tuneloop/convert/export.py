@@ -17,11 +17,15 @@ optimizer's patterns are written against and the first with a LayerNormalization
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 
 from tuneloop.convert.files import atomic_output
 
+# torch.onnx.export keeps its state in module globals (GLOBALS.in_onnx_export), so two exports at
+# once in one process (two projects' conversions in threads) fail the second: one at a time.
+_EXPORTING = threading.Lock()
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 17
@@ -49,7 +53,7 @@ def export_onnx(model_dir: Path, out_path: Path, opset: int = DEFAULT_OPSET) -> 
         # The tracer warns about Python control flow on shapes inside transformers; the dynamic-axis
         # tests (batch 1 and 5, different lengths) are what shows the graph is general.
         warnings.simplefilter("ignore")
-        with torch.no_grad():
+        with torch.no_grad(), _EXPORTING:
             torch.onnx.export(
                 model,
                 example,

@@ -85,8 +85,13 @@ def service_env(
 class DemoService:
     """`tuneloop serve` in a subprocess (its own process group), stopped on exit of the `with`."""
 
-    def __init__(self, settings: Settings, fault: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, fault: dict[str, str] | None = None, metrics_token: str | None = None
+    ) -> None:
         self.settings, self.fault = settings, fault
+        # With tenants, /status and /metrics need a token (the demo of several projects sets one).
+        self.metrics_token = metrics_token
+        self.headers = {"authorization": f"Bearer {metrics_token}"} if metrics_token else {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         folder = settings.work_dir / "demo"
@@ -103,7 +108,14 @@ class DemoService:
             # (once, in order) instead of both racing to shut down.
             self.proc = subprocess.Popen(
                 cmd,
-                env=service_env(self.settings, self.bentoml_home, self.fault),
+                env=service_env(
+                    self.settings,
+                    self.bentoml_home,
+                    {
+                        **(self.fault or {}),
+                        **({"TUNELOOP_METRICS_TOKEN": self.metrics_token} if self.metrics_token else {}),
+                    },
+                ),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -135,8 +147,10 @@ class DemoService:
         text = self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
         return text[-chars:]
 
-    def wait_ready(self, version: str | None = None, timeout_s: float = READY_TIMEOUT_S) -> None:
-        """Until /readyz answers 200 (and /status names `version` as champion, when given)."""
+    def wait_ready(
+        self, version: str | None = None, timeout_s: float = READY_TIMEOUT_S, project: str = "default"
+    ) -> None:
+        """Until /readyz answers 200 (and /status names `version` as `project`'s champion, when given)."""
         import httpx
 
         deadline = time.monotonic() + timeout_s
@@ -145,7 +159,7 @@ class DemoService:
                 raise ServiceError(f"the service stopped; {self.log_path} ends:\n{self.log_tail()}")
             try:
                 ready = httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200
-                if ready and (version is None or self.champion() == version):
+                if ready and (version is None or self.project_champions().get(project) == version):
                     return
             except httpx.HTTPError:
                 pass
@@ -158,8 +172,15 @@ class DemoService:
     def champion(self) -> str | None:
         import httpx
 
-        model = httpx.get(f"{self.url}/status", timeout=5).json()["aliases"]["champion"]
+        model = httpx.get(f"{self.url}/status", timeout=5, headers=self.headers).json()["aliases"]["champion"]
         return None if model is None else str(model["version"])
+
+    def project_champions(self) -> dict[str, str | None]:
+        """Each hosted project's serving champion version (None while it has none)."""
+        import httpx
+
+        projects = httpx.get(f"{self.url}/status", timeout=5, headers=self.headers).json()["projects"]
+        return {name: p["champion"] for name, p in projects.items()}
 
 
 class Traffic:
@@ -171,9 +192,22 @@ class Traffic:
     """
 
     def __init__(
-        self, url: str, samples: list[tuple[str, str]], canary: str, clients: int = 2, seed: int = 0
+        self,
+        url: str,
+        samples: list[tuple[str, str]],
+        canary: str,
+        clients: int = 2,
+        seed: int = 0,
+        prefix: str = "",
+        token: str | None = None,
+        land: bool = False,
     ) -> None:
         self.url, self.samples, self.canary, self.clients = url, samples, canary, clients
+        # A project's routes (`/v1/<project>`; "" for the default project's /classify) and the
+        # tenant token its caller sends.
+        self.prefix = prefix
+        self.headers = {"authorization": f"Bearer {token}"} if token else {}
+        self.land = land  # send each feedback's text too, so it lands for the project's next round
         self.rng = random.Random(seed)
         self.requests = 0
         self.answered: Counter[str] = Counter()  # items per version that answered
@@ -198,7 +232,7 @@ class Traffic:
     def _loop(self) -> None:
         import httpx
 
-        with httpx.Client(base_url=self.url, timeout=60) as client:
+        with httpx.Client(base_url=self.url, timeout=60, headers=self.headers) as client:
             while not self._stop.is_set():
                 with self._lock:
                     batch = self.rng.sample(self.samples, min(TEXTS_PER_REQUEST, len(self.samples)))
@@ -209,7 +243,7 @@ class Traffic:
                         self.failures.append(f"{type(exc).__name__}: {exc}")
 
     def _one(self, client: Any, batch: list[tuple[str, str]]) -> None:
-        response = client.post("/classify", json={"texts": [text for text, _ in batch]})
+        response = client.post(f"{self.prefix}/classify", json={"texts": [text for text, _ in batch]})
         with self._lock:
             self.requests += 1
             if response.status_code != 200:
@@ -219,10 +253,11 @@ class Traffic:
         versions = [str(p["model_version"]) for p in body["predictions"]]
         with self._lock:
             self.answered.update(versions)
-        for index, (version, (_, label)) in enumerate(zip(versions, batch, strict=True)):
+        for index, (version, (text, label)) in enumerate(zip(versions, batch, strict=True)):
             if version == self.canary or index == 0:
+                given = {"request_id": body["request_id"], "index": index, "label": label}
                 sent = client.post(
-                    "/feedback", json={"request_id": body["request_id"], "index": index, "label": label}
+                    f"{self.prefix}/feedback", json={**given, "text": text} if self.land else given
                 )
                 with self._lock:
                     self.feedback += sent.status_code == 200

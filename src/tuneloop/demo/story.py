@@ -176,7 +176,7 @@ def _round(
     if alias_version(settings, "champion") is None:
         promote_step(settings, version, reason=f"demo: first champion ({snapshot_id})", by="demo")
         _say(say, f"promote: v{version} is the first champion (no canary: nothing to compare with)", "  ")
-        service.wait_ready(version)
+        service.wait_ready(version, project=settings.project)
         _say(say, f"service: ready, serving champion v{version} at {service.url}", "  ")
         return {**row, "outcome": "promoted", "decision": "first champion, no canary"}
     return {**row, **_canary(settings, version, service, samples, say)}
@@ -190,7 +190,7 @@ def _canary(
     from tuneloop.steps.rollout import canary_steps, rollout_step
 
     service.wait_ready()  # a home with a champion from an earlier run: the service may still load it
-    source = build_source([f"{service.url}/metrics"])
+    source = build_source([f"{service.url}/metrics"], project=settings.project)
     before = source.read()
     with Traffic(service.url, samples, canary=version) as traffic:
         result = rollout_step(

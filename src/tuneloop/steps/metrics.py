@@ -21,6 +21,7 @@ def build_source(
     selector: str = "",
     resolve: bool = False,
     project: str = DEFAULT_PROJECT,
+    token: str | None = None,
 ) -> Any:
     """A Prometheus server when `prometheus` is given, else each `/metrics` URL, summed.
 
@@ -28,14 +29,14 @@ def build_source(
     `selector` (e.g. '{job="tuneloop"}') narrows every PromQL series; `resolve` reads every address
     each URL's host resolves to (a headless Service: one per replica). Scraping the service needs
     a bearer token when it has auth on: the read-only TUNELOOP_METRICS_TOKEN when set, else the
-    all-scopes TUNELOOP_API_TOKEN.
+    all-scopes TUNELOOP_API_TOKEN (`token`, when given, instead).
     """
     from tuneloop.rollout.sources import EndpointSource, PrometheusSource
 
     if prometheus:
         return PrometheusSource(prometheus, selector=selector, project=project)
     # The read-only token first: a leaked scrape credential must not be able to post /feedback.
-    token = os.environ.get("TUNELOOP_METRICS_TOKEN") or os.environ.get("TUNELOOP_API_TOKEN")
+    token = token or os.environ.get("TUNELOOP_METRICS_TOKEN") or os.environ.get("TUNELOOP_API_TOKEN")
     return EndpointSource(
         list(metrics_urls) or [DEFAULT_SERVICE_URL + "/metrics"],
         headers={"authorization": f"Bearer {token}"} if token else {},
