@@ -202,3 +202,33 @@ def test_an_evicted_follower_drops_its_models_and_loads_them_again_when_asked() 
     assert lazy.dormant and lazy.bundle.champion is None and lazy.evictions == 1
     assert pinned.bundle.champion is not None and not pinned.dormant
     assert asyncio.run(pool.ready("l", wait_s=10)) and Source.loads == 3
+
+
+def test_a_project_with_nothing_to_load_is_not_waited_for() -> None:
+    import asyncio
+    import time
+
+    from tuneloop.serve.bundle import LoadedModel
+    from tuneloop.serve.follower import Follower, RegistryState
+
+    class Untrained:  # declared, never promoted: the registry names no champion
+        def read_state(self) -> RegistryState:
+            return RegistryState({}, 0.0)
+
+        def load(self, version: str) -> LoadedModel:
+            raise AssertionError("nothing should be loaded")
+
+    class Broken(Untrained):  # its champion fails to load (a checksum, say)
+        def read_state(self) -> RegistryState:
+            return RegistryState({"champion": "3"}, 0.0)
+
+        def load(self, version: str) -> LoadedModel:
+            raise RuntimeError("does not match its recorded checksums")
+
+    for source in (Untrained(), Broken()):
+        follower = Follower(source, poll_s=60, retain_s=0, retry_failed_s=600, lazy=True)
+        follower.poll_once()
+        pool = ModelPool({"x": follower}, budget_bytes=10, pinned=frozenset())
+        started = time.monotonic()
+        assert asyncio.run(pool.ready("x", wait_s=30))  # the scorer answers 503 and says why
+        assert time.monotonic() - started < 10 and follower.bundle.champion is None

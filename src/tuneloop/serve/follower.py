@@ -260,6 +260,15 @@ class Follower:
             state.aliases.get("champion") is None or self.bundle.champion is not None
         )
 
+    def loading_champion(self) -> bool:
+        """The registry names a champion that is not loaded yet and has not failed: worth waiting for."""
+        state = self._state
+        wanted = state.aliases.get("champion") if state is not None else None
+        if wanted is None:
+            return state is None  # not read yet: the first read may name one
+        with self._lock:
+            return self.bundle.champion is None and wanted not in self._failed
+
     # --- memory ---------------------------------------------------------------------------------
     def held_bytes(self) -> int:
         """Weight bytes of every model this follower holds (serving, retained, just loaded)."""

@@ -68,6 +68,8 @@ class Held(Protocol):
 
     def wake(self) -> bool: ...
 
+    def loading_champion(self) -> bool: ...
+
 
 class ModelPool:
     """Tracks use of each project's follower and keeps their weights under the budget."""
@@ -110,7 +112,9 @@ class ModelPool:
         return chosen
 
     async def ready(self, project: str, wait_s: float) -> bool:
-        """Whether `project` has a champion, waking it and waiting up to `wait_s` for a cold load."""
+        """Wake `project` if it is dormant and wait up to `wait_s` for its champion to load; False
+        when it is still loading then. True at once when there is nothing to wait for (a champion
+        at hand, none in the registry, or one that failed: the scorer says why it cannot answer)."""
         follower = self.followers[project]
         self.touch(project)
         if follower.bundle.champion is not None:
@@ -119,7 +123,7 @@ class ModelPool:
         deadline = self._clock() + wait_s
         while self._clock() < deadline:
             await asyncio.sleep(0.02)
-            if follower.bundle.champion is not None:
+            if follower.bundle.champion is not None or not follower.loading_champion():
                 return True
         return False
 
