@@ -2,8 +2,9 @@
 
 A real `bentoml serve` subprocess on 127.0.0.1 (the tiny model world of test_serve_server, the
 server helper of test_serve_hardening) publishes /docs.json. The schemathesis CLI generates
-requests for all 7 operations in it (coverage, fuzzing and stateful phases: valid and invalid
-bodies, feedback chained on classify answers) and fails on any 5xx, any response whose status,
+requests for all 10 operations in it, the default project's and the /v1/{project} routes
+(coverage, fuzzing and stateful phases: valid and invalid bodies, feedback chained on classify
+answers), and fails on any 5xx, any response whose status,
 headers, content type or body breaks the document, and any invalid request the service accepts.
 
 Left out, and why: `positive_data_acceptance` (schema-valid data must get a 2xx). A /feedback
@@ -57,5 +58,5 @@ def test_served_api_keeps_its_documented_contract(served: httpx.Client, tmp_path
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     report = done.stdout + done.stderr
     assert done.returncode == 0, report[-6000:]
-    assert "7 operations" in report or "Tested: 7" in report, report[-2000:]
+    assert "10 operations" in report or "10 selected / 10 total" in report, report[-2000:]
     assert httpx.get(f"{served.base_url}/readyz").status_code == 200

@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 app = FastAPI(title="tuneloop status", openapi_url=None, docs_url=None, redoc_url=None)
@@ -42,6 +43,12 @@ def attach_middleware(
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Any:
     """The JSON body every refused request gets: {"error": what to fix}."""
     return JSONResponse({"error": message}, status_code=status, headers=dict(headers or {}))
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _refused(request: Request, exc: StarletteHTTPException) -> Any:
+    """FastAPI's own refusals (a body that is not JSON at all, say) in the service's error shape."""
+    return error_response(exc.status_code, str(exc.detail), exc.headers)
 
 
 @app.exception_handler(RequestValidationError)

@@ -83,6 +83,29 @@ class FeedbackRequest(BaseModel):
     text: str | None = None
 
 
+def _answers(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for a /v1 route: each status with what it means and the error body."""
+    return {status: {"description": V1_STATUSES[status], "model": ErrorBody} for status in statuses}
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+V1_STATUSES = {
+    400: "The body is not what the route takes (the error names the field), or a text breaks a limit.",
+    401: "No bearer token, or one that is not a tenant's or a configured variable's.",
+    403: "The token's tenant may not call this project, or the token lacks the path's scope.",
+    404: "No such project is served here.",
+    409: "Feedback on this item of this request was given already: it is taken once.",
+    413: "The body is too large, or holds more texts than the tenant may send at once.",
+    415: "The body is not JSON (send Content-Type: application/json).",
+    429: "The tenant is over its requests per second: retry after Retry-After seconds.",
+    500: "The model failed on these texts.",
+    503: "The project's model is not loaded yet, or the worker is overloaded: retry shortly.",
+}
+
+
 def build_source(settings: Any, serve: Any, threads: int) -> Any:
     """The follower's Source: the MLflow registry, or a stand-in named by TUNELOOP_SERVE_RUNTIME.
 
@@ -215,17 +238,25 @@ class TuneloopService:
             ctx, await self._feedback(DEFAULT_PROJECT, request_id, label, index, text, ctx.request)
         )
 
-    @http.app.post("/v1/{project}/classify")
+    @http.app.post(
+        "/v1/{project}/classify",
+        response_model=ClassifyResponse,
+        responses=_answers(400, 401, 403, 404, 413, 415, 429, 500, 503),
+    )
     async def classify_project(self, project: str, body: ClassifyRequest, request: Request) -> Any:
         """Classify texts with `project`'s model (a tenant token allowed on it)."""
         return await self._classify(project, body.texts, body.key, request)
 
-    @http.app.post("/v1/{project}/feedback")
+    @http.app.post(
+        "/v1/{project}/feedback",
+        response_model=FeedbackResponse,
+        responses=_answers(400, 401, 403, 404, 409, 413, 415, 429),
+    )
     async def feedback_project(self, project: str, body: FeedbackRequest, request: Request) -> Any:
         """Feedback on an answer of `project` (the tenant is credited in the landed row)."""
         return await self._feedback(project, body.request_id, body.label, body.index, body.text, request)
 
-    @http.app.get("/v1/{project}/status")
+    @http.app.get("/v1/{project}/status", responses=_answers(401, 403, 404))
     def project_status(self, project: str) -> Any:
         """What this worker serves for `project`."""
         server = self.servers.get(project)
