@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -44,6 +45,21 @@ def tiny_demo_policy(tmp_path: Path) -> Path:
     return path
 
 
+def tiny_demo_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    """A fresh home on the tiny BERT under the tiny demo policy, 1 epoch, 3 golden rows a label."""
+    from tuneloop.config import load_settings
+    from tuneloop.testing import make_tiny_bert
+
+    monkeypatch.setenv("TUNELOOP_POLICY_PATH", str(tiny_demo_policy(tmp_path)))
+    monkeypatch.delenv("TUNELOOP_TRACKING_URI", raising=False)
+    return load_settings(
+        home=tmp_path / "home",
+        base_model=str(make_tiny_bert(tmp_path / "tiny")),
+        epochs=1,
+        golden_per_label=3,
+    )
+
+
 def _listening(url: str) -> bool:
     host, port = url.removeprefix("http://").split(":")
     with socket.socket() as sock:
@@ -53,20 +69,11 @@ def _listening(url: str) -> bool:
 def test_demo_promotes_through_the_canary_and_rolls_back_the_bad_candidate(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from tuneloop.config import load_settings
     from tuneloop.demo.report import WIDTH
     from tuneloop.demo.story import run_demo
     from tuneloop.registry.store import Registry
-    from tuneloop.testing import make_tiny_bert
 
-    monkeypatch.setenv("TUNELOOP_POLICY_PATH", str(tiny_demo_policy(tmp_path)))
-    monkeypatch.delenv("TUNELOOP_TRACKING_URI", raising=False)
-    settings = load_settings(
-        home=tmp_path / "home",
-        base_model=str(make_tiny_bert(tmp_path / "tiny")),
-        epochs=1,
-        golden_per_label=3,
-    )
+    settings = tiny_demo_settings(monkeypatch, tmp_path)
     lines: list[str] = []
     result = run_demo(settings, echo=lines.append)
 
@@ -132,16 +139,8 @@ def test_the_two_project_demo_runs_both_canaries_at_once_through_one_service(
     from tuneloop.config import load_settings
     from tuneloop.demo.projects import SECOND, run_projects_demo
     from tuneloop.registry.store import Registry
-    from tuneloop.testing import make_tiny_bert
 
-    monkeypatch.setenv("TUNELOOP_POLICY_PATH", str(tiny_demo_policy(tmp_path)))
-    monkeypatch.delenv("TUNELOOP_TRACKING_URI", raising=False)
-    settings = load_settings(
-        home=tmp_path / "home",
-        base_model=str(make_tiny_bert(tmp_path / "tiny")),
-        epochs=1,
-        golden_per_label=3,
-    )
+    settings = tiny_demo_settings(monkeypatch, tmp_path)
     lines: list[str] = []
     result = run_projects_demo(settings, echo=lines.append)
     print("\n".join(lines))
