@@ -1,15 +1,15 @@
 """Projects: declared in one file, each with its own data, registered model, policy and MLflow runs.
 
 The CLI as an operator meets it (`project add`, `project list`, `--project` on the commands), the
-settings each project's commands see, two projects' rounds trained at the same time with no
-cross-talk (real MLflow store, tiny BERT), and the memory pool's pure decision and the follower's
-eviction with fakes (the real service's pool: tests/test_projects_server.py).
+settings each project's commands see, and the memory pool's pure decision and the follower's
+eviction with fakes (the real service's pool: tests/test_projects_server.py). Two projects' rounds
+trained at once, their canaries run at once through one service, and their data, aliases and
+landing kept apart: tests/test_demo_story.py's two-project demo.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import pandas as pd
@@ -94,61 +94,6 @@ def test_a_project_name_or_model_cannot_be_taken_twice_or_escape_its_folder(home
     assert routing.work_dir == home / "projects" / "routing" / "work"
     assert routing.resolved_tracking_uri == settings.resolved_tracking_uri  # one MLflow for all
     assert project_names(routing) == ["default", "routing"]
-
-
-def test_two_projects_train_at_the_same_time_into_their_own_models_and_runs(tmp_path: Path) -> None:
-    from mlflow import MlflowClient
-
-    from tuneloop.steps.ingest import ingest_step
-    from tuneloop.steps.round import train_step
-    from tuneloop.testing import TINY_TRAIN_SETTINGS, keyword_sentences, make_tiny_bert
-
-    base = str(make_tiny_bert(tmp_path / "tiny"))
-    values = {**TINY_TRAIN_SETTINGS, "epochs": 1, "base_model": base}
-    default = load_settings(home=tmp_path / "home", **values)
-    add_project(default, "second", label_column="category")
-    second = load_settings(home=tmp_path / "home", project="second", **values)
-    keyword_sentences(["alpha", "beta"], 20, seed=0).to_csv(tmp_path / "a.csv", index=False)
-    other = keyword_sentences(["gamma", "delta"], 20, seed=1).rename(columns={"label": "category"})
-    other.to_csv(tmp_path / "b.csv", index=False)
-    ingest_step(default, [tmp_path / "a.csv"])
-    ingest_step(second, [tmp_path / "b.csv"])
-
-    results: dict[str, dict] = {}
-    errors: list[BaseException] = []
-
-    def train(name: str, settings) -> None:  # type: ignore[no-untyped-def]
-        try:
-            results[name] = train_step(settings, progress=False)
-        except BaseException as exc:  # reported below: a thread's exception is otherwise lost
-            errors.append(exc)
-
-    threads = [threading.Thread(target=train, args=p) for p in (("default", default), ("second", second))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=600)
-    assert not errors, errors
-    assert results["default"]["version"] == "1" and results["second"]["version"] == "1"
-
-    client = MlflowClient(default.resolved_tracking_uri)
-    labels = {}
-    for settings in (default, second):
-        version = client.get_model_version(settings.model_name, "1")
-        run = client.get_run(version.run_id)
-        experiment = client.get_experiment(run.info.experiment_id).name
-        assert experiment == settings.experiment
-        labels[settings.project] = set(
-            json.loads(
-                Path(
-                    client.download_artifacts(
-                        version.run_id, "model/merged/config.json", str(tmp_path / settings.project)
-                    )
-                ).read_text()
-            )["label2id"]
-        )
-    assert labels == {"default": {"alpha", "beta"}, "second": {"delta", "gamma"}}
-    assert (tmp_path / "home" / "projects" / "second" / "snapshots" / "snap-0001").is_dir()
 
 
 # --- the memory pool -----------------------------------------------------------------------------
