@@ -19,7 +19,7 @@ import yaml
 REGISTRY = Path(__file__).resolve().parents[1] / "registry"
 
 
-def tiny_demo_policy(tmp_path: Path) -> Path:
+def tiny_demo_policy(tmp_path: Path, compress: bool = True) -> Path:
     """policy.demo.yaml (its canary steps, pacing and request counts) with floors the tiny model passes.
 
     A 1-epoch random tiny BERT scores near chance on the bundled intents, so the quality gates and
@@ -39,18 +39,18 @@ def tiny_demo_policy(tmp_path: Path) -> Path:
         max_prediction_drift=1.0, max_shadow_disagreement=1.0, max_macro_f1_drop_points=100.0
     )
     # The tiny model has 2 layers: a 1-layer student (the demo's 3 would be skipped), one epoch.
-    data["compress"].update(depths=[1], epochs=1)
+    data["compress"].update(depths=[1], epochs=1, enabled=compress)
     path = tmp_path / "policy.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
 
 
-def tiny_demo_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+def tiny_demo_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, compress: bool = True) -> Any:
     """A fresh home on the tiny BERT under the tiny demo policy, 1 epoch, 3 golden rows a label."""
     from tuneloop.config import load_settings
     from tuneloop.testing import make_tiny_bert
 
-    monkeypatch.setenv("TUNELOOP_POLICY_PATH", str(tiny_demo_policy(tmp_path)))
+    monkeypatch.setenv("TUNELOOP_POLICY_PATH", str(tiny_demo_policy(tmp_path, compress)))
     monkeypatch.delenv("TUNELOOP_TRACKING_URI", raising=False)
     return load_settings(
         home=tmp_path / "home",
@@ -140,7 +140,7 @@ def test_the_two_project_demo_runs_both_canaries_at_once_through_one_service(
     from tuneloop.demo.projects import SECOND, run_projects_demo
     from tuneloop.registry.store import Registry
 
-    settings = tiny_demo_settings(monkeypatch, tmp_path)
+    settings = tiny_demo_settings(monkeypatch, tmp_path, compress=False)  # students: the one-project demo shows them
     lines: list[str] = []
     result = run_projects_demo(settings, echo=lines.append)
     print("\n".join(lines))

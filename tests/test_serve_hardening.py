@@ -64,6 +64,8 @@ def running_server(settings: Settings, log_dir: Path, **env: str) -> Iterator[ht
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "BENTOML_DO_NOT_TRACK": "True",
+        # Its own: BentoML empties the metrics folder under BENTOML_HOME when a server starts.
+        "BENTOML_HOME": str(log_dir / f"bentoml-{port}"),
         **env,
     }
     for variable in TOKEN_SCOPES:  # auth off unless the test asks for it

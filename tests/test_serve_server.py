@@ -107,6 +107,8 @@ def server(
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "BENTOML_DO_NOT_TRACK": "True",
+        # Its own: BentoML empties the metrics folder under BENTOML_HOME when a server starts.
+        "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml")),
     }
     for variable in TOKEN_SCOPES:  # any bearer token would turn auth on
         env.pop(variable, None)

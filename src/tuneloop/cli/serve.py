@@ -89,7 +89,8 @@ def serve(
     except ValueError as exc:  # two variables share a token: the service would refuse it too
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    tenants = tenants_file(settings_or_exit())
+    settings = settings_or_exit()
+    tenants = tenants_file(settings)
     if tenants.exists():  # tenants' tokens turn auth on as a token variable does
         tokens = {**tokens, "tenants file": str(tenants)}
     problem = exposure_problem(host, tokens, insecure, [*TOKEN_VARIABLES, "a tenant (`tuneloop tenant add`)"])
@@ -101,6 +102,9 @@ def serve(
     if project:
         os.environ["TUNELOOP_SERVE_PROJECTS"] = ",".join(project)
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    # BentoML empties $BENTOML_HOME/prometheus_multiproc_dir when a server starts: two servers on one
+    # host sharing ~/bentoml would wipe each other's /metrics (a canary then "answers 0 items").
+    os.environ.setdefault("BENTOML_HOME", str(settings.home_dir / "serve" / f"bentoml-{port}"))
     args = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port)]
     # exec: the server is this process, so signals from the shell or a supervisor reach it directly.
     os.execv(sys.executable, args)
