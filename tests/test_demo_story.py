@@ -19,7 +19,7 @@ import yaml
 REGISTRY = Path(__file__).resolve().parents[1] / "registry"
 
 
-def tiny_demo_policy(tmp_path: Path, compress: bool = True) -> Path:
+def tiny_demo_policy(tmp_path: Path, compress: bool = True, canary_steps: list[float] | None = None) -> Path:
     """policy.demo.yaml (its canary steps, pacing and request counts) with floors the tiny model passes.
 
     A 1-epoch random tiny BERT scores near chance on the bundled intents, so the quality gates and
@@ -40,17 +40,19 @@ def tiny_demo_policy(tmp_path: Path, compress: bool = True) -> Path:
     )
     # The tiny model has 2 layers: a 1-layer student (the demo's 3 would be skipped), one epoch.
     data["compress"].update(depths=[1], epochs=1, enabled=compress)
+    if canary_steps is not None:
+        data["canary"]["steps"] = canary_steps
     path = tmp_path / "policy.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
 
 
-def tiny_demo_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, compress: bool = True) -> Any:
+def tiny_demo_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **policy: Any) -> Any:
     """A fresh home on the tiny BERT under the tiny demo policy, 1 epoch, 3 golden rows a label."""
     from tuneloop.config import load_settings
     from tuneloop.testing import make_tiny_bert
 
-    monkeypatch.setenv("TUNELOOP_POLICY_PATH", str(tiny_demo_policy(tmp_path, compress)))
+    monkeypatch.setenv("TUNELOOP_POLICY_PATH", str(tiny_demo_policy(tmp_path, **policy)))
     monkeypatch.delenv("TUNELOOP_TRACKING_URI", raising=False)
     return load_settings(
         home=tmp_path / "home",
@@ -140,7 +142,8 @@ def test_the_two_project_demo_runs_both_canaries_at_once_through_one_service(
     from tuneloop.demo.projects import SECOND, run_projects_demo
     from tuneloop.registry.store import Registry
 
-    settings = tiny_demo_settings(monkeypatch, tmp_path, compress=False)  # students: the one-project demo shows them
+    # Students and the four-step canary are the one-project demo's to show: two steps here.
+    settings = tiny_demo_settings(monkeypatch, tmp_path, compress=False, canary_steps=[50.0, 100.0])
     lines: list[str] = []
     result = run_projects_demo(settings, echo=lines.append)
     print("\n".join(lines))
