@@ -42,11 +42,14 @@ p50 within 1.2x of the same model alone at the same total load; the greedy tenan
 beyond its burst and rate, and the others' p99 moves by <= 10% (pooled over the three tenants:
 --rate x --seconds x --repeats requests; per project too); a cold load <= 3 s for the INT8 MiniLM.
 
-    .venv/bin/python benchmarks/multitenant.py               # ~20 min on 2 cores (~8 of them training)
-    .venv/bin/python benchmarks/multitenant.py --reuse       # the home of the last run: measure only
+    .venv/bin/python benchmarks/multitenant.py               # ~35 min on 2 busy cores (~25 building)
+    .venv/bin/python benchmarks/multitenant.py --reuse       # the home of the last run: ~10 min
+    .venv/bin/python benchmarks/multitenant.py --reuse --serve-env TUNELOOP_SERVE_ORT_SPINNING=false
     .venv/bin/python benchmarks/multitenant.py --quick       # smoke run: 12 texts an intent, 2 epochs
 
-The client shares the 2 cores with the server. The last line printed is one JSON object.
+The client shares the 2 cores with the servers; `others_cpu_share` in the JSON says how much of
+them other processes took during the timed runs (0 on a quiet machine). The last line printed is
+one JSON object.
 """
 
 from __future__ import annotations
