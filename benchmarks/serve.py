@@ -161,7 +161,7 @@ class Server:
             "BENTOML_DO_NOT_TRACK": "True",
             **serve_env,
         }
-        from tuneloop.serve.middleware import TOKEN_SCOPES
+        from tuneloop.serve.scopes import TOKEN_SCOPES
 
         for variable in TOKEN_SCOPES:  # any bearer token would turn auth on
             env.pop(variable, None)

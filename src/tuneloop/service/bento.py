@@ -185,6 +185,8 @@ class TuneloopService:
         """Every pinned project's champion is loaded and warmed (a project whose registered model
         names no champion has nothing to wait for), and at least one champion answers."""
         pinned = [s for name, s in self.servers.items() if name in self.pool.pinned]
+        if not pinned:  # every project loads on demand: ready once each one's registry was read
+            return all(s.follower.sync_age() is not None for s in self.servers.values())
         answering = any(s.follower.bundle.champion is not None for s in self.servers.values())
         return answering and all(s.follower.settled() for s in pinned)
 
